@@ -1,0 +1,233 @@
+"""Typed, validated experiment configuration, loaded from a TOML file plus ``key=value`` overrides.
+
+One frozen object describes a whole run; it is written next to the results so every run can be
+reproduced from its output directory alone.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedmeta.errors import FedMetaError
+
+__all__ = [
+    "DataConfig",
+    "SyntheticConfig",
+    "ModelConfig",
+    "MetaConfig",
+    "FederationConfig",
+    "ServerConfig",
+    "EvalConfig",
+    "LocalConfig",
+    "ExperimentConfig",
+    "load_config",
+    "apply_overrides",
+    "config_from_json",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Section):
+    """Parameters of the synthetic multi-hospital generator (see ``fedmeta.data.synthetic``)."""
+
+    hospitals: int = Field(8, ge=2)
+    features: int = Field(16, ge=2)
+    min_patients: int = Field(80, ge=10)
+    max_patients: int = Field(2000, ge=10)
+    covariate_shift: float = Field(1.0, ge=0)
+    concept_shift: float = Field(1.0, ge=0)
+    prevalence_min: float = Field(0.2, gt=0, lt=1)
+    prevalence_max: float = Field(0.6, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SyntheticConfig":
+        if self.max_patients < self.min_patients:
+            raise ValueError("max_patients must be >= min_patients")
+        if self.prevalence_max < self.prevalence_min:
+            raise ValueError("prevalence_max must be >= prevalence_min")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the hospitals come from and how each one is split."""
+
+    source: str = "synthetic"
+    dir: str = ""
+    label: str = "label"
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    held_out: list[str] = Field(default_factory=list)
+    leave_one_out: bool = False
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class ModelConfig(_Section):
+    """An MLP; ``hidden = []`` is logistic regression."""
+
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+
+    @model_validator(mode="after")
+    def _positive(self) -> "ModelConfig":
+        if any(h <= 0 for h in self.hidden):
+            raise ValueError("hidden sizes must be positive")
+        return self
+
+
+class MetaConfig(_Section):
+    """Local meta-training on one hospital: episodes, inner loop and local outer steps."""
+
+    algorithm: str = "maml"
+    inner_steps: int = Field(5, ge=1)
+    inner_lr: float = Field(0.1, gt=0)
+    shots: int = Field(5, ge=1, description="support examples per class in an episode")
+    query: int = Field(20, ge=1, description="query examples per episode")
+    meta_batch: int = Field(8, ge=1, description="episodes per outer step")
+    outer_steps: int = Field(5, ge=1, description="local outer steps per round")
+    outer_lr: float = Field(0.1, gt=0, description="local outer learning rate")
+
+
+class FederationConfig(_Section):
+    """Rounds, sampling and the resources Ray gives each simulated hospital."""
+
+    rounds: int = Field(20, ge=1)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    min_train_nodes: int = Field(1, ge=1)
+    client_cpus: float = Field(1.0, gt=0)
+    client_gpus: float = Field(0.0, ge=0)
+    reply_timeout_s: float = Field(600.0, gt=0)
+
+
+class ServerConfig(_Section):
+    """The server meta-optimizer applied to the aggregated meta-update."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+class EvalConfig(_Section):
+    """Few-shot evaluation: adapt on ``shots`` per class from train, score on test."""
+
+    shots: int = Field(5, ge=1)
+    draws: int = Field(10, ge=1)
+    every: int = Field(1, ge=1, description="evaluate every N rounds (and always the last)")
+
+
+class LocalConfig(_Section):
+    """The ``local`` baseline: each hospital trains alone on its own data."""
+
+    steps: int = Field(300, ge=1)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(32, ge=1)
+
+
+class ExperimentConfig(_Section):
+    """A whole run."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    value = first.get("input")
+    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: {field}: {msg}{shown}"
+
+
+def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise FedMetaError(_format_validation_error(source, err)) from None
+    _check_names(cfg, source)
+    return cfg
+
+
+def _check_names(cfg: ExperimentConfig, source: str) -> None:
+    # Imported here: the registries import torch-heavy modules that the config must not need.
+    from fedmeta.data.sources import SOURCES
+    from fedmeta.meta.algorithms import ALGORITHMS
+
+    if cfg.data.source not in SOURCES:
+        raise FedMetaError(
+            f"{source}: data.source: unknown data source {cfg.data.source!r} "
+            f"(expected one of {', '.join(sorted(SOURCES))})"
+        )
+    if cfg.meta.algorithm not in ALGORITHMS:
+        raise FedMetaError(
+            f"{source}: meta.algorithm: unknown algorithm {cfg.meta.algorithm!r} "
+            f"(expected one of {', '.join(sorted(ALGORITHMS))})"
+        )
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted ``key=value`` overrides applied (values parsed as TOML)."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise FedMetaError(f"{source}: {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise FedMetaError(f"{source}: {key}: {p} is not a section")
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, data_dir: str | None = None
+) -> ExperimentConfig:
+    """Read a TOML config, apply overrides and ``--data-dir``, and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FedMetaError(f"{path}: config file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise FedMetaError(f"{path}: cannot read config: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise FedMetaError(f"{path}: invalid TOML: {err}") from None
+    raw = apply_overrides(raw, overrides or [])
+    if data_dir is not None:
+        raw.setdefault("data", {})["dir"] = str(Path(data_dir).resolve())
+    elif raw.get("data", {}).get("dir"):
+        raw["data"]["dir"] = str(Path(raw["data"]["dir"]).resolve())
+    return _validate(raw, str(path))
+
+
+def config_from_json(text: str) -> ExperimentConfig:
+    """Rebuild a config that was resolved and serialised by ``ExperimentConfig.to_json``."""
+    return _validate(json.loads(text), "resolved config")

@@ -1,0 +1,1 @@
+"""Hospitals: loading, per-site preprocessing and episode sampling."""

@@ -1,0 +1,97 @@
+"""Hospitals from a directory of CSV files: one file per hospital, file stem = hospital id.
+
+Every file must have the same header. Empty cells are missing values (imputed locally); any other
+cell must be a finite number. The label column must hold 0/1.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fedmeta.config import DataConfig
+from fedmeta.data.hospital import RawSite
+from fedmeta.errors import FedMetaError
+
+__all__ = ["load_csv_sites", "require_dir"]
+
+
+def require_dir(cfg: DataConfig) -> Path:
+    if not cfg.dir:
+        raise FedMetaError(
+            f"data.dir: the {cfg.source!r} source needs a data directory (set data.dir or pass --data-dir)"
+        )
+    path = Path(cfg.dir)
+    if not path.is_dir():
+        raise FedMetaError(f"{path}: data directory not found")
+    return path
+
+
+def _parse_cell(text: str, where: str) -> float:
+    text = text.strip()
+    if text == "":
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise FedMetaError(f"{where}: non-numeric value {text!r}") from None
+    if not math.isfinite(value):
+        raise FedMetaError(f"{where}: non-finite value {text!r} (leave the cell empty for a missing value)")
+    return value
+
+
+def _read_one(path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as err:
+        raise FedMetaError(f"{path}: cannot read: {err}") from None
+    if not rows:
+        raise FedMetaError(f"{path}: file is empty")
+    header = [h.strip() for h in rows[0]]
+    if label not in header:
+        raise FedMetaError(f"{path}: label column {label!r} not found (columns: {', '.join(header)})")
+    li = header.index(label)
+    features = [h for i, h in enumerate(header) if i != li]
+    xs, ys = [], []
+    for r, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise FedMetaError(f"{path}: line {r}: {len(row)} cells, expected {len(header)}")
+        y = _parse_cell(row[li], f"{path}: line {r}, column {label!r}")
+        if y not in (0.0, 1.0):
+            raise FedMetaError(f"{path}: line {r}, column {label!r}: label must be 0 or 1, got {row[li]!r}")
+        xs.append([_parse_cell(c, f"{path}: line {r}, column {header[i]!r}") for i, c in enumerate(row) if i != li])
+        ys.append(y)
+    if not ys:
+        raise FedMetaError(f"{path}: no data rows")
+    return features, np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float32)
+
+
+def load_csv_sites(cfg: DataConfig) -> tuple[list[RawSite], list[str]]:
+    """Read every ``*.csv`` in ``cfg.dir``; all must share one header."""
+    root = require_dir(cfg)
+    files = sorted(root.glob("*.csv"))
+    if len(files) < 2:
+        raise FedMetaError(f"{root}: expected one CSV per hospital (at least 2), found {len(files)}")
+    sites: list[RawSite] = []
+    reference: tuple[Path, list[str]] | None = None
+    for path in files:
+        features, x, y = _read_one(path, cfg.label)
+        if reference is None:
+            reference = (path, features)
+        elif features != reference[1]:
+            missing = sorted(set(reference[1]) - set(features))
+            extra = sorted(set(features) - set(reference[1]))
+            detail = f"missing {missing}" if missing else ""
+            detail += ("; " if detail and extra else "") + (f"extra {extra}" if extra else "")
+            raise FedMetaError(
+                f"{path}: columns differ from {reference[0].name}: {detail or 'different order'}"
+            )
+        sites.append(RawSite(name=path.stem, x=x, y=y, origin=str(path)))
+    assert reference is not None
+    return sites, reference[1]

@@ -1,0 +1,60 @@
+"""Few-shot episodes from one hospital's train split.
+
+An episode is a support set (``shots`` examples of each class) and a disjoint query set. Within one
+hospital every episode has the same shapes, so a meta-batch is a stack that ``vmap`` can map over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["EpisodeBatch", "EpisodeSampler", "sample_k_shot"]
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """``m`` episodes: support ``(m, 2*shots, d)``, query ``(m, q, d)``; labels float 0/1."""
+
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.x_support.shape[0])
+
+
+def sample_k_shot(y: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``shots`` examples of each class, drawn without replacement."""
+    idx = [rng.choice(np.flatnonzero(y == c), size=shots, replace=False) for c in (0.0, 1.0)]
+    return np.concatenate(idx)
+
+
+class EpisodeSampler:
+    """Draws meta-batches of episodes from one hospital's train split."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, shots: int, query: int, device: torch.device):
+        self.x = torch.as_tensor(x, device=device)
+        self.y = torch.as_tensor(y, device=device)
+        self._y_np = np.asarray(y)
+        self.shots = shots
+        # Fixed per hospital so that every episode of a meta-batch has one shape.
+        self.query_size = min(query, len(y) - 2 * shots)
+        if self.query_size < 1:
+            raise ValueError(f"{len(y)} examples cannot hold {shots} shots per class and a query")
+
+    def sample(self, m: int, rng: np.random.Generator) -> EpisodeBatch:
+        sup, qry = [], []
+        n = len(self._y_np)
+        for _ in range(m):
+            s = sample_k_shot(self._y_np, self.shots, rng)
+            rest = np.setdiff1d(np.arange(n), s, assume_unique=True)
+            sup.append(s)
+            qry.append(rng.choice(rest, size=self.query_size, replace=False))
+        s_idx = torch.as_tensor(np.stack(sup), device=self.x.device)
+        q_idx = torch.as_tensor(np.stack(qry), device=self.x.device)
+        return EpisodeBatch(self.x[s_idx], self.y[s_idx], self.x[q_idx], self.y[q_idx])

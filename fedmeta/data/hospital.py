@@ -1,0 +1,106 @@
+"""A hospital's data, split and preprocessed with statistics of its own train split only.
+
+Nothing computed from one hospital's data (medians, means, scales) is used for another: this is
+what a site does locally before it joins a federation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from fedmeta.errors import FedMetaError
+
+__all__ = ["RawSite", "Hospital", "Federation", "preprocess_site"]
+
+
+@dataclass(frozen=True)
+class RawSite:
+    """One hospital's table as read: features (NaN = missing) and binary labels."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    origin: str  # file or generator, for error messages
+
+
+@dataclass(frozen=True)
+class Hospital:
+    """One hospital after its local split and preprocessing (float32, labels 0/1)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def n_train(self) -> int:
+        return int(self.y_train.shape[0])
+
+    def class_counts(self) -> tuple[int, int]:
+        """Negatives and positives in the train split."""
+        pos = int(self.y_train.sum())
+        return self.n_train - pos, pos
+
+
+@dataclass(frozen=True)
+class Federation:
+    """The named hospitals of one experiment, in a fixed order (partition id = index)."""
+
+    hospitals: tuple[Hospital, ...]
+    feature_names: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self.hospitals]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def get(self, name: str) -> Hospital:
+        for h in self.hospitals:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+
+def preprocess_site(site: RawSite, test_fraction: float, seed: int) -> Hospital:
+    """Stratified train/test split, then median imputation and standardisation fitted on train."""
+    y = site.y
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise FedMetaError(
+            f"{site.origin}: hospital {site.name!r} has a single class ({int(classes[0])}) in its "
+            "labels: AUC and episodes need both classes"
+        )
+    if counts.min() < 2:
+        raise FedMetaError(
+            f"{site.origin}: hospital {site.name!r} has only {counts.min()} example(s) of class "
+            f"{int(classes[counts.argmin()])}: cannot split it into train and test"
+        )
+    try:
+        x_tr, x_te, y_tr, y_te = train_test_split(
+            site.x, y, test_size=test_fraction, stratify=y, random_state=seed
+        )
+    except ValueError as err:
+        raise FedMetaError(f"{site.origin}: hospital {site.name!r}: cannot split: {err}") from None
+    imputer = SimpleImputer(strategy="median", keep_empty_features=True)
+    scaler = StandardScaler()
+    x_tr = scaler.fit_transform(imputer.fit_transform(x_tr))
+    x_te = scaler.transform(imputer.transform(x_te))
+    # A feature missing in the whole train split becomes constant 0 after imputation + scaling.
+    x_tr = np.nan_to_num(x_tr, nan=0.0)
+    x_te = np.nan_to_num(x_te, nan=0.0)
+    return Hospital(
+        name=site.name,
+        x_train=x_tr.astype(np.float32),
+        y_train=y_tr.astype(np.float32),
+        x_test=x_te.astype(np.float32),
+        y_test=y_te.astype(np.float32),
+    )

@@ -1,0 +1,88 @@
+"""UCI Heart Disease: four hospitals, one ``processed.<site>.data`` file each.
+
+Target ``num > 0``. '?' is missing; ``chol == 0`` means not measured. Features: the numeric columns,
+one-hot ``cp``/``restecg``/``slope``/``thal`` and one missing-indicator per column that can be missing,
+so all four sites share one schema.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fedmeta.config import DataConfig
+from fedmeta.data.csv_source import require_dir
+from fedmeta.data.hospital import RawSite
+from fedmeta.errors import FedMetaError
+
+__all__ = ["UCI_SITES", "load_uci_heart_sites"]
+
+UCI_SITES = {
+    "cleveland": "processed.cleveland.data",
+    "hungarian": "processed.hungarian.data",
+    "switzerland": "processed.switzerland.data",
+    "va": "processed.va.data",
+}
+_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang",
+            "oldpeak", "slope", "ca", "thal", "num"]
+_NUMERIC = ["age", "sex", "trestbps", "chol", "fbs", "thalach", "exang", "oldpeak", "ca"]
+_CATEGORIES = {"cp": [1, 2, 3, 4], "restecg": [0, 1, 2], "slope": [1, 2, 3], "thal": [3, 6, 7]}
+_MAY_BE_MISSING = ["trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope", "ca", "thal"]
+
+
+def feature_names() -> list[str]:
+    names = list(_NUMERIC)
+    for col, cats in _CATEGORIES.items():
+        names += [f"{col}={c}" for c in cats]
+    names += [f"{col}_missing" for col in _MAY_BE_MISSING]
+    return names
+
+
+def _read_site(path: Path, name: str) -> RawSite:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise FedMetaError(f"{path}: cannot read: {err}") from None
+    rows_x, rows_y = [], []
+    for ln, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        cells = line.strip().split(",")
+        if len(cells) != len(_COLUMNS):
+            raise FedMetaError(f"{path}: line {ln}: {len(cells)} values, expected {len(_COLUMNS)}")
+        rec: dict[str, float] = {}
+        for col, cell in zip(_COLUMNS, cells):
+            if cell.strip() == "?":
+                rec[col] = math.nan
+                continue
+            try:
+                rec[col] = float(cell)
+            except ValueError:
+                raise FedMetaError(f"{path}: line {ln}, column {col!r}: non-numeric value {cell!r}") from None
+        if math.isnan(rec["num"]):
+            raise FedMetaError(f"{path}: line {ln}: missing label 'num'")
+        if rec["chol"] == 0.0:
+            rec["chol"] = math.nan
+        x = [rec[c] for c in _NUMERIC]
+        for col, cats in _CATEGORIES.items():
+            x += [float(rec[col] == c) for c in cats]  # NaN compares False: all-zero one-hot
+        x += [float(math.isnan(rec[c])) for c in _MAY_BE_MISSING]
+        rows_x.append(x)
+        rows_y.append(float(rec["num"] > 0))
+    if not rows_y:
+        raise FedMetaError(f"{path}: no data rows")
+    return RawSite(name=name, x=np.asarray(rows_x, dtype=np.float64),
+                   y=np.asarray(rows_y, dtype=np.float32), origin=str(path))
+
+
+def load_uci_heart_sites(cfg: DataConfig) -> tuple[list[RawSite], list[str]]:
+    root = require_dir(cfg)
+    sites = []
+    for name, fname in UCI_SITES.items():
+        path = root / fname
+        if not path.is_file():
+            raise FedMetaError(f"{path}: UCI Heart Disease file not found (expected the four processed.*.data files)")
+        sites.append(_read_site(path, name))
+    return sites, feature_names()

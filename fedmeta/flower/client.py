@@ -1,0 +1,136 @@
+"""The hospital side: a Flower ClientApp that meta-trains and evaluates on one hospital's data.
+
+Three handlers: ``query`` (who am I: hospital, role, feature count), ``train`` (local meta-training,
+replies with the meta-update) and ``evaluate`` (few-shot adaptation, replies with AUC/accuracy).
+Only model-shaped arrays and scalar metrics leave the hospital.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmeta.config import ExperimentConfig
+from fedmeta.data.episodes import EpisodeSampler
+from fedmeta.data.hospital import Hospital
+from fedmeta.data.sources import load_federation
+from fedmeta.evaluation import evaluate_few_shot
+from fedmeta.flower.records import RecordError, params_to_record, record_to_params
+from fedmeta.flower.run_config import config_from_run_config
+from fedmeta.meta.functional import params_of
+from fedmeta.meta.local_training import meta_train_locally
+from fedmeta.models import build_model, pick_device
+
+__all__ = ["build_client_app", "BAD_ARRAYS"]
+
+log = logging.getLogger("fedmeta.client")
+BAD_ARRAYS = 4001  # Error code of a reply to parameters that do not fit the model.
+
+
+@dataclass
+class _Site:
+    cfg: ExperimentConfig
+    hospital: Hospital
+    index: int
+    held_out: bool
+    n_features: int
+    device: torch.device
+
+
+def _site(cfg: ExperimentConfig, context: Context) -> _Site:
+    fed = load_federation(cfg)
+    name = context.node_config.get("hospital")
+    if name:
+        index = fed.names.index(str(name))
+    else:
+        index = int(context.node_config["partition-id"])
+    hospital = fed.hospitals[index]
+    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, fed.n_features, pick_device())
+
+
+def _error_reply(msg: Message, site: _Site, err: RecordError) -> Message:
+    reason = f"hospital {site.hospital.name}: rejected parameters: {err}"
+    log.error(reason)
+    return Message(Error(code=BAD_ARRAYS, reason=reason), reply_to=msg)
+
+
+def build_client_app(config: ExperimentConfig | None = None) -> ClientApp:
+    """A ClientApp for ``config``, or for the config named in the run config when ``None``."""
+    app = ClientApp()
+
+    def site_of(context: Context) -> _Site:
+        torch.set_num_threads(1)  # one simulated hospital per Ray CPU
+        return _site(config or config_from_run_config(context.run_config), context)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        site = site_of(context)
+        identity = ConfigRecord(
+            {"hospital": site.hospital.name, "role": "held-out" if site.held_out else "train",
+             "device": str(site.device)}
+        )
+        sizes = MetricRecord({"n-features": site.n_features, "num-examples": site.hospital.n_train})
+        return Message(RecordDict({"identity": identity, "sizes": sizes}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        site = site_of(context)
+        cfg = site.cfg
+        if site.held_out:
+            return Message(
+                Error(code=BAD_ARRAYS + 1, reason=f"hospital {site.hospital.name} is held out and never trains"),
+                reply_to=msg,
+            )
+        model = build_model(cfg.model, site.n_features, cfg.seed).to(site.device)
+        try:
+            params = record_to_params(msg.content["arrays"], params_of(model), site.device)
+        except RecordError as err:
+            return _error_reply(msg, site, err)
+        server_round = int(msg.content["config"].get("server-round", 0))
+        t0 = time.perf_counter()
+        sampler = EpisodeSampler(
+            site.hospital.x_train, site.hospital.y_train, shots=cfg.meta.shots, query=cfg.meta.query,
+            device=site.device,
+        )
+        rng = np.random.default_rng([cfg.seed, server_round, site.index])
+        result = meta_train_locally(model, params, sampler, cfg.meta, rng)
+        seconds = time.perf_counter() - t0
+        log.info("hospital %s round %d: %s on %s in %.2fs", site.hospital.name, server_round,
+                 cfg.meta.algorithm, site.device, seconds)
+        metrics = MetricRecord({
+            "num-examples": site.hospital.n_train,
+            "train-loss": result.train_loss,
+            "episodes": result.episodes,
+            "train-seconds": seconds,
+            "on-gpu": int(site.device.type == "cuda"),
+        })
+        return Message(RecordDict({"arrays": params_to_record(result.update), "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        site = site_of(context)
+        cfg = site.cfg
+        model = build_model(cfg.model, site.n_features, cfg.seed).to(site.device)
+        try:
+            params = record_to_params(msg.content["arrays"], params_of(model), site.device)
+        except RecordError as err:
+            return _error_reply(msg, site, err)
+        server_round = int(msg.content["config"].get("server-round", 0))
+        score = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
+                                  seed=cfg.seed, device=site.device)
+        metrics = MetricRecord({
+            "num-examples": int(site.hospital.y_test.shape[0]),
+            "auc": score.auc,
+            "accuracy": score.accuracy,
+            "held-out": int(site.held_out),
+            "server-round": server_round,
+        })
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app

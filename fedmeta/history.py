@@ -1,0 +1,45 @@
+"""What happened in each round, per hospital: the raw material of results.json and the plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RoundRecord", "RunHistory"]
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    sampled: list[str] = field(default_factory=list)
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # hospital -> why its reply was not used
+    seconds: float = 0.0
+
+
+@dataclass
+class RunHistory:
+    hospitals: dict[str, str]  # name -> role ("train" / "held-out")
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    def round(self, r: int) -> RoundRecord:
+        for rec in self.rounds:
+            if rec.round == r:
+                return rec
+        rec = RoundRecord(round=r)
+        self.rounds.append(rec)
+        return rec
+
+    def final_eval(self) -> dict[str, dict[str, float]]:
+        """The last evaluation each hospital took part in."""
+        out: dict[str, dict[str, float]] = {}
+        for rec in self.rounds:
+            out.update(rec.eval)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hospitals": self.hospitals,
+            "rounds": [vars(r) for r in self.rounds],
+        }

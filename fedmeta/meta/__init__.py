@@ -1,0 +1,1 @@
+"""Meta-learning engine: pure torch.func, no Flower."""

@@ -1,0 +1,90 @@
+"""What a run leaves in its output directory: the resolved config, results.json, metrics.csv, the
+final model and one PNG per metric (metric per hospital per round)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmeta.config import ExperimentConfig
+from fedmeta.history import RunHistory
+
+__all__ = ["summarise", "write_run_outputs", "plot_metric"]
+
+
+def summarise(per_hospital: dict[str, dict[str, float]], roles: dict[str, str]) -> dict[str, Any]:
+    """Mean and worst-site AUC/accuracy, separately for training and held-out hospitals."""
+    out: dict[str, Any] = {}
+    for role in ("train", "held-out"):
+        rows = {h: m for h, m in per_hospital.items() if roles.get(h) == role}
+        if not rows:
+            continue
+        aucs = [m["auc"] for m in rows.values()]
+        accs = [m["accuracy"] for m in rows.values()]
+        worst = min(rows, key=lambda h: rows[h]["auc"])
+        out[role] = {
+            "hospitals": len(rows),
+            "mean_auc": float(np.mean(aucs)), "worst_auc": float(np.min(aucs)), "worst_site": worst,
+            "mean_accuracy": float(np.mean(accs)), "worst_accuracy": float(np.min(accs)),
+        }
+    return out
+
+
+def plot_metric(history: RunHistory, metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for hospital, role in history.hospitals.items():
+        pts = [(r.round, r.eval[hospital][metric]) for r in history.rounds if hospital in r.eval]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", ms=3, ls="-" if role == "train" else "--",
+                    label=hospital + (" (held out)" if role != "train" else ""))
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"test {metric} after few-shot adaptation")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHistory, model: nn.Module,
+                      timings: dict[str, float]) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+    final = history.final_eval()
+    results = {
+        "algorithm": cfg.meta.algorithm,
+        "seed": cfg.seed,
+        "final": {h: {**m, "role": history.hospitals[h]} for h, m in sorted(final.items())},
+        "summary": summarise(final, history.hospitals),
+        "timings": {**timings, "round_s": [r.seconds for r in history.rounds]},
+        "history": history.to_dict(),
+        "config": json.loads(cfg.to_json()),
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    with (out_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["round", "hospital", "role", "auc", "accuracy", "train_loss", "failed"])
+        for r in history.rounds:
+            for h, role in history.hospitals.items():
+                if h in r.eval or h in r.train or h in r.failed:
+                    ev = r.eval.get(h, {})
+                    w.writerow([r.round, h, role, ev.get("auc", ""), ev.get("accuracy", ""),
+                                r.train.get(h, {}).get("train-loss", ""), r.failed.get(h, "")])
+    torch.save(model.state_dict(), out_dir / "model.pt")
+    title = f"{cfg.meta.algorithm}, seed {cfg.seed}"
+    plot_metric(history, "auc", out_dir / "auc_per_round.png", title)
+    plot_metric(history, "accuracy", out_dir / "accuracy_per_round.png", title)
+    return results
