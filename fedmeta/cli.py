@@ -39,6 +39,9 @@ def _print_summary(results: dict) -> None:
 
 def _simulate(args: argparse.Namespace) -> None:
     cfg = _load(args)
+    if cfg.data.leave_one_out:
+        raise FedMetaError(f"{args.config}: data.leave_one_out runs one federation per hospital: "
+                           "use `fedmeta compare` for it")
     from fedmeta.data.sources import load_federation
     from fedmeta.simulation import simulate
 

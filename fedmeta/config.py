@@ -85,12 +85,12 @@ class MetaConfig(_Section):
 
     algorithm: str = "maml"
     inner_steps: int = Field(5, ge=1)
-    inner_lr: float = Field(0.1, gt=0)
+    inner_lr: float = Field(0.3, gt=0)
     shots: int = Field(5, ge=1, description="support examples per class in an episode")
     query: int = Field(20, ge=1, description="query examples per episode")
     meta_batch: int = Field(8, ge=1, description="episodes per outer step")
     outer_steps: int = Field(5, ge=1, description="local outer steps per round")
-    outer_lr: float = Field(0.1, gt=0, description="local outer learning rate")
+    outer_lr: float = Field(0.5, gt=0, description="local outer learning rate")
 
 
 class FederationConfig(_Section):
