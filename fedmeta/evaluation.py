@@ -14,7 +14,7 @@ from torch.func import functional_call
 from fedmeta.config import EvalConfig, MetaConfig
 from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Hospital
-from fedmeta.meta.functional import Params, adapt
+from fedmeta.meta.functional import Params, adapt, per_episode_copies
 
 __all__ = ["Score", "score_params", "evaluate_few_shot"]
 
@@ -47,12 +47,15 @@ def evaluate_few_shot(
     rng = np.random.default_rng([seed, 7_919])
     x = torch.as_tensor(hospital.x_train, device=device)
     y = torch.as_tensor(hospital.y_train, device=device)
-    params = {k: v.detach().to(device) for k, v in params.items()}
-    scores = []
-    for _ in range(eval_cfg.draws):
-        idx = torch.as_tensor(sample_k_shot(hospital.y_train, eval_cfg.shots, rng), device=device)
-        adapted = adapt(model, params, x[idx], y[idx], steps=meta_cfg.inner_steps, lr=meta_cfg.inner_lr)
-        scores.append(score_params(model, {k: v.detach() for k, v in adapted.items()}, hospital, device))
+    idx = torch.as_tensor(
+        np.stack([sample_k_shot(hospital.y_train, eval_cfg.shots, rng) for _ in range(eval_cfg.draws)]),
+        device=device)
+    # All draws adapt at once: one copy of the initialisation per draw.
+    start = per_episode_copies({k: v.to(device) for k, v in params.items()}, eval_cfg.draws)
+    adapted = adapt(model, start, x[idx], y[idx], steps=meta_cfg.inner_steps, lr=meta_cfg.inner_lr,
+                    create_graph=False)
+    scores = [score_params(model, {k: v[i].detach() for k, v in adapted.items()}, hospital, device)
+              for i in range(eval_cfg.draws)]
     return Score(
         auc=float(np.mean([s.auc for s in scores])),
         accuracy=float(np.mean([s.accuracy for s in scores])),

@@ -1,8 +1,8 @@
 """Meta-learning algorithms behind one interface, looked up by name.
 
 Each algorithm maps a meta-batch of episodes to **per-episode** meta-gradients (leading dimension =
-episode), computed with ``vmap`` over episodes. The meta-gradient is their mean; keeping them apart
-lets a privacy layer clip each episode's contribution.
+episode), computed for all episodes at once (see ``fedmeta.meta.functional``). The meta-gradient is
+their mean; keeping them apart lets a privacy layer clip each episode's contribution.
 
 Definitions (``theta`` = shared initialisation, ``U_k(theta; D)`` = ``k`` SGD steps of size ``alpha``
 on ``D``, ``S``/``Q`` = support/query set of an episode):
@@ -21,10 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import grad_and_value, vmap
 
 from fedmeta.data.episodes import EpisodeBatch
-from fedmeta.meta.functional import Params, adapt, loss_fn
+from fedmeta.meta.functional import Params, adapt, episode_losses, per_episode_copies
 
 __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
 
@@ -35,27 +34,20 @@ class InnerLoop:
     lr: float
 
 
+def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cat([a, b], dim=1)
+
+
 class MetaAlgorithm(ABC):
     """Per-episode meta-gradients for a meta-batch; one subclass per algorithm."""
 
     name: str
 
     @abstractmethod
-    def episode_step(
-        self, model: nn.Module, params: Params, xs: torch.Tensor, ys: torch.Tensor,
-        xq: torch.Tensor, yq: torch.Tensor, inner: InnerLoop,
-    ) -> tuple[Params, torch.Tensor]:
-        """Meta-gradient and training loss of ONE episode (un-batched tensors)."""
-
     def episode_gradients(
         self, model: nn.Module, params: Params, batch: EpisodeBatch, inner: InnerLoop
     ) -> tuple[Params, torch.Tensor]:
-        """Per-episode meta-gradients ``{name: (m, *shape)}`` and losses ``(m,)``, vmapped."""
-
-        def one(xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> tuple[Params, torch.Tensor]:
-            return self.episode_step(model, params, xs, ys, xq, yq, inner)
-
-        return vmap(one)(batch.x_support, batch.y_support, batch.x_query, batch.y_query)
+        """Per-episode meta-gradients ``{name: (m, *shape)}`` and training losses ``(m,)``."""
 
     def meta_gradient(
         self, model: nn.Module, params: Params, batch: EpisodeBatch, inner: InnerLoop
@@ -68,38 +60,52 @@ class MetaAlgorithm(ABC):
 class SecondOrderMAML(MetaAlgorithm):
     name = "maml"
 
-    def episode_step(self, model, params, xs, ys, xq, yq, inner):  # type: ignore[override]
-        def query_loss(p: Params) -> torch.Tensor:
-            return loss_fn(model, adapt(model, p, xs, ys, steps=inner.steps, lr=inner.lr), xq, yq)
-
-        return grad_and_value(query_loss)(params)
+    def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
+        with torch.enable_grad():
+            theta = per_episode_copies(params, batch.size)
+            fast = adapt(model, theta, batch.x_support, batch.y_support,
+                         steps=inner.steps, lr=inner.lr, create_graph=True)
+            losses = episode_losses(model, fast, batch.x_query, batch.y_query)
+            grads = torch.autograd.grad(losses.sum(), list(theta.values()))
+        return dict(zip(theta, grads)), losses.detach()
 
 
 class FirstOrderMAML(MetaAlgorithm):
     name = "fomaml"
 
-    def episode_step(self, model, params, xs, ys, xq, yq, inner):  # type: ignore[override]
-        adapted = adapt(model, params, xs, ys, steps=inner.steps, lr=inner.lr)
-        adapted = {k: v.detach() for k, v in adapted.items()}
-        return grad_and_value(lambda a: loss_fn(model, a, xq, yq))(adapted)
+    def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
+        with torch.enable_grad():
+            theta = per_episode_copies(params, batch.size)
+            fast = adapt(model, theta, batch.x_support, batch.y_support,
+                         steps=inner.steps, lr=inner.lr, create_graph=False)
+            losses = episode_losses(model, fast, batch.x_query, batch.y_query)
+            grads = torch.autograd.grad(losses.sum(), list(fast.values()))
+        return dict(zip(fast, grads)), losses.detach()
 
 
 class Reptile(MetaAlgorithm):
     name = "reptile"
 
-    def episode_step(self, model, params, xs, ys, xq, yq, inner):  # type: ignore[override]
-        x, y = torch.cat([xs, xq]), torch.cat([ys, yq])
-        adapted = adapt(model, params, x, y, steps=inner.steps, lr=inner.lr)
-        direction = {k: (params[k] - adapted[k]).detach() for k in params}
-        return direction, loss_fn(model, adapted, x, y).detach()
+    def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
+        x, y = _cat(batch.x_support, batch.x_query), _cat(batch.y_support, batch.y_query)
+        theta = per_episode_copies(params, batch.size)
+        fast = adapt(model, theta, x, y, steps=inner.steps, lr=inner.lr, create_graph=False)
+        with torch.no_grad():
+            direction = {k: theta[k] - fast[k] for k in theta}
+            losses = episode_losses(model, fast, x, y)
+        return direction, losses
 
 
 class FedAvgSGD(MetaAlgorithm):
     name = "fedavg"
 
-    def episode_step(self, model, params, xs, ys, xq, yq, inner):  # type: ignore[override]
-        x, y = torch.cat([xs, xq]), torch.cat([ys, yq])
-        return grad_and_value(lambda p: loss_fn(model, p, x, y))(params)
+    def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
+        x, y = _cat(batch.x_support, batch.x_query), _cat(batch.y_support, batch.y_query)
+        with torch.enable_grad():
+            theta = per_episode_copies(params, batch.size)
+            losses = episode_losses(model, theta, x, y)
+            grads = torch.autograd.grad(losses.sum(), list(theta.values()))
+        return dict(zip(theta, grads)), losses.detach()
 
 
 ALGORITHMS: dict[str, MetaAlgorithm] = {

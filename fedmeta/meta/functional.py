@@ -1,13 +1,20 @@
-"""Loss and differentiable inner-loop adaptation on a parameter dict (torch.func)."""
+"""Batched functional model evaluation and inner-loop adaptation over a stack of episodes.
+
+Parameters carry a leading episode dimension (one copy of the initialisation per episode); the
+model's forward is ``vmap``ped over it with ``functional_call``, so any ``nn.Module`` without
+batch-statistics layers works. Derivatives are taken with ``torch.autograd`` on the sum of the
+episodes' losses: episodes do not share parameters, so the gradient of the sum with respect to
+episode ``i``'s copy is episode ``i``'s own gradient, and one backward pass serves all episodes.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, vmap
 
-__all__ = ["Params", "params_of", "loss_fn", "adapt"]
+__all__ = ["Params", "params_of", "loss_fn", "per_episode_copies", "episode_losses", "adapt"]
 
 Params = dict[str, torch.Tensor]
 
@@ -18,15 +25,33 @@ def params_of(model: nn.Module) -> Params:
 
 
 def loss_fn(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of the model's logit at ``params``."""
-    logits = functional_call(model, params, (x,))
-    return F.binary_cross_entropy_with_logits(logits, y)
+    """Mean binary cross-entropy of the model's logit at ``params`` (one episode, no batch dim)."""
+    return F.binary_cross_entropy_with_logits(functional_call(model, params, (x,)), y)
 
 
-def adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float) -> Params:
-    """``steps`` plain SGD steps on ``(x, y)``; differentiable through every step (second order)."""
-    step_grad = grad(lambda p: loss_fn(model, p, x, y))
-    for _ in range(steps):
-        g = step_grad(params)
-        params = {k: params[k] - lr * g[k] for k in params}
-    return params
+def per_episode_copies(params: Params, m: int, requires_grad: bool = True) -> Params:
+    """``m`` independent copies of ``params`` stacked on a new leading dimension."""
+    return {k: v.detach().unsqueeze(0).expand(m, *v.shape).clone().requires_grad_(requires_grad)
+            for k, v in params.items()}
+
+
+def episode_losses(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Loss of each episode ``(m,)`` with per-episode parameters ``{k: (m, *shape)}`` and data ``(m, n, d)``."""
+    logits = vmap(lambda p, xi: functional_call(model, p, (xi,)))(params, x)
+    return F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1)
+
+
+def adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float,
+          create_graph: bool) -> Params:
+    """``steps`` SGD steps per episode; with ``create_graph`` the result stays differentiable with
+    respect to ``params`` through every step (second order)."""
+    names = list(params)
+    with torch.enable_grad():
+        fast = params
+        for _ in range(steps):
+            total = episode_losses(model, fast, x, y).sum()
+            grads = torch.autograd.grad(total, [fast[k] for k in names], create_graph=create_graph)
+            fast = {k: fast[k] - lr * g for k, g in zip(names, grads)}
+            if not create_graph:
+                fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
+    return fast
