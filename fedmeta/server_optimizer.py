@@ -6,6 +6,7 @@ Adam gives FedAdam-style adaptive server steps (Reddi et al. 2021).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,8 @@ class ServerMetaOptimizer:
         return self.current()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"params": self.current(), "optimizer": self.optimizer.state_dict()}
+        # Deep copy: torch returns live references to its moment tensors, which the next step mutates.
+        return {"params": self.current(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state["params"]) != set(self.params):

@@ -1,0 +1,125 @@
+"""FedMeta's aggregation and server meta-optimizer, fed real Flower reply messages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmeta.config import ExperimentConfig, ServerConfig
+from fedmeta.flower.records import RecordError, params_to_record, record_to_params
+from fedmeta.flower.strategy import FedMeta
+from fedmeta.server_optimizer import ServerMetaOptimizer
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    # Flower stamps messages with the run/task they belong to; a ServerApp has these set.
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+PARAMS = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([0.5, -0.5])}
+HOSPITALS = {11: "hospital-a", 22: "hospital-b", 33: "hospital-c"}
+
+
+def _strategy(tmp_path, **server) -> FedMeta:
+    cfg = ExperimentConfig.model_validate({"server": server, "federation": {"rounds": 2}})
+    return FedMeta(cfg=cfg, hospital_of=HOSPITALS, train_nodes=list(HOSPITALS), initial_params=PARAMS,
+                   checkpoint_dir=tmp_path)
+
+
+def _reply(node: int, update: dict[str, torch.Tensor] | None, n: float = 10.0, error: str | None = None) -> Message:
+    sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    if error:
+        return Message(Error(code=1, reason=error), reply_to=sent)
+    arrays = params_to_record(update) if update is not None else ArrayRecord()
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": n, "train-loss": 0.5})}),
+                   reply_to=sent)
+
+
+def _upd(value: float) -> dict[str, torch.Tensor]:
+    return {k: torch.full_like(v, value) for k, v in PARAMS.items()}
+
+
+def test_meta_updates_are_averaged_by_example_count_then_stepped(tmp_path):
+    strategy = _strategy(tmp_path, optimizer="sgd", lr=1.0)
+    arrays, metrics = strategy.aggregate_train(1, [_reply(11, _upd(1.0), n=30), _reply(22, _upd(-1.0), n=10)])
+    new = arrays.to_torch_state_dict()
+    expected = 1.0 * 0.75 - 1.0 * 0.25
+    for k in PARAMS:
+        torch.testing.assert_close(new[k], PARAMS[k] - expected)
+    assert metrics["hospitals"] == 2
+    ckpt = torch.load(tmp_path / "checkpoint.pt")
+    assert ckpt["round"] == 1
+    torch.testing.assert_close(ckpt["server"]["params"]["w"], new["w"])
+
+
+def test_hostile_replies_are_dropped_and_named(tmp_path):
+    strategy = _strategy(tmp_path, optimizer="sgd", lr=1.0)
+    bad_shape = {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
+    nan = _upd(1.0)
+    nan["b"][0] = float("nan")
+    replies = [_reply(11, _upd(2.0)), _reply(22, bad_shape), _reply(33, nan)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    new = arrays.to_torch_state_dict()
+    torch.testing.assert_close(new["w"], PARAMS["w"] - 2.0)  # only hospital-a counted
+    failed = strategy.history.round(1).failed
+    assert "shape (3, 2)" in failed["hospital-b"]
+    assert "NaN or inf" in failed["hospital-c"]
+    assert set(strategy.history.round(1).train) == {"hospital-a"}
+
+
+def test_error_replies_and_bad_counts_leave_the_model_unchanged(tmp_path):
+    strategy = _strategy(tmp_path)
+    arrays, metrics = strategy.aggregate_train(
+        1, [_reply(11, None, error="out of memory"), _reply(22, _upd(1.0), n=0.0)])
+    assert arrays is None and metrics is None
+    failed = strategy.history.round(1).failed
+    assert "out of memory" in failed["hospital-a"] and "num-examples" in failed["hospital-b"]
+    torch.testing.assert_close(strategy.optimizer.current()["w"], PARAMS["w"])
+    assert torch.load(tmp_path / "checkpoint.pt")["round"] == 1
+
+
+def test_only_training_hospitals_are_sampled(tmp_path):
+    cfg = ExperimentConfig.model_validate({"federation": {"fraction_train": 0.5, "min_train_nodes": 1}})
+    strategy = FedMeta(cfg=cfg, hospital_of=HOSPITALS, train_nodes=[11, 22], initial_params=PARAMS,
+                       checkpoint_dir=tmp_path)
+    for r in range(1, 6):
+        msgs = list(strategy.configure_train(r, params_to_record(PARAMS), ConfigRecord(), None))
+        assert len(msgs) == 1 and msgs[0].metadata.dst_node_id in (11, 22)
+        assert msgs[0].content["config"]["server-round"] == r
+
+
+def test_server_adam_matches_torch_adam_and_restores_its_state():
+    cfg = ServerConfig(optimizer="adam", lr=0.1)
+    opt = ServerMetaOptimizer(PARAMS, cfg)
+    ref = {k: torch.nn.Parameter(v.clone()) for k, v in PARAMS.items()}
+    ref_opt = torch.optim.Adam(ref.values(), lr=0.1)
+    for step in range(3):
+        g = _upd(float(step + 1))
+        opt.step(g)
+        for k, p in ref.items():
+            p.grad = g[k].clone()
+        ref_opt.step()
+    for k in PARAMS:
+        torch.testing.assert_close(opt.current()[k], ref[k].detach())
+    restored = ServerMetaOptimizer(PARAMS, cfg)
+    restored.load_state_dict(opt.state_dict())
+    opt.step(_upd(1.0))
+    restored.step(_upd(1.0))
+    for k in PARAMS:
+        torch.testing.assert_close(opt.current()[k], restored.current()[k])
+
+
+def test_records_reject_parameters_that_do_not_fit_the_model():
+    with pytest.raises(RecordError, match="shape"):
+        record_to_params(params_to_record({"w": torch.zeros(2, 3), "b": torch.zeros(2)}), PARAMS)
+    with pytest.raises(RecordError, match="names"):
+        record_to_params(params_to_record({"w": torch.zeros(2, 2)}), PARAMS)
+    bad = {k: v.clone() for k, v in PARAMS.items()}
+    bad["w"][0, 0] = float("inf")
+    with pytest.raises(RecordError, match="NaN or inf"):
+        record_to_params(params_to_record(bad), PARAMS)
+    ok = record_to_params(params_to_record(PARAMS), PARAMS)
+    torch.testing.assert_close(ok["w"], PARAMS["w"])
