@@ -66,7 +66,8 @@ def _compare(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else _default_out(Path(args.config), "compare")
     with staged_output_dir(out) as stage:
         result = run_comparison(cfg, args.algorithms, args.seeds, stage,
-                                run_federated=lambda c, d: simulate(c, d, progress=not args.quiet))
+                                run_federated=lambda c, d: simulate(c, d, progress=not args.quiet),
+                                announce=lambda line: print(line, file=sys.stderr, flush=True))
     print(comparison_markdown(result))
     print(f"comparison: {out}/comparison.json, {out}/comparison.md")
 

@@ -58,18 +58,23 @@ def _summary(per_hospital: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def run_comparison(
     cfg: ExperimentConfig, algorithms: list[str], seeds: list[int], out_dir: Path,
     run_federated: Callable[[ExperimentConfig, Path], dict[str, Any]],
+    announce: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """``algorithm -> seed -> per-hospital metrics`` plus mean/worst-site, and across-seed mean ± std."""
     unknown = [a for a in algorithms if a not in COMPARED]
     if unknown:
         raise FedMetaError(f"--algorithms: unknown {unknown} (expected some of {', '.join(COMPARED)})")
     table: dict[str, Any] = {}
+    n_folds = len(_folds(cfg))
+    total, done = len(algorithms) * len(seeds) * n_folds, 0
     for algo in algorithms:
         table[algo] = {"seeds": {}}
         for seed in seeds:
             seeded = cfg.model_copy(update={"seed": seed})
             per_hospital: dict[str, dict[str, Any]] = {}
             for fold, fold_cfg in _folds(seeded):
+                done += 1
+                announce(f"[{done}/{total}] {algo}, seed {seed}" + (f", {fold} held out" if fold else ""))
                 if COMPARED[algo] is None:
                     res = run_local_baseline(load_federation(fold_cfg), fold_cfg)
                 else:

@@ -22,6 +22,7 @@ class RoundRecord:
 class RunHistory:
     hospitals: dict[str, str]  # name -> role ("train" / "held-out")
     rounds: list[RoundRecord] = field(default_factory=list)
+    devices: dict[str, str] = field(default_factory=dict)  # name -> torch device it trained on
 
     def round(self, r: int) -> RoundRecord:
         for rec in self.rounds:
@@ -41,5 +42,6 @@ class RunHistory:
     def to_dict(self) -> dict[str, Any]:
         return {
             "hospitals": self.hospitals,
+            "devices": self.devices,
             "rounds": [vars(r) for r in self.rounds],
         }

@@ -50,7 +50,8 @@ def plot_metric(history: RunHistory, metric: str, path: Path, title: str) -> Non
             ax.plot(xs, ys, marker="o", ms=3, ls="-" if role == "train" else "--",
                     label=hospital + (" (held out)" if role != "train" else ""))
     ax.set_xlabel("round")
-    ax.set_ylabel(f"test {metric} after few-shot adaptation")
+    ax.set_ylabel(f"test {'AUC' if metric == 'auc' else metric} after few-shot adaptation")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

@@ -46,6 +46,8 @@ def test_every_round_trains_the_participants_and_never_the_held_out_hospital(sim
         assert set(r["eval"]) == train_sites | {"hospital-05"}
         for m in r["train"].values():
             assert m["on-gpu"] == float(torch.cuda.is_available())
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert set(res["history"]["devices"].values()) == {expected_device}
     assert res["final"]["hospital-05"]["role"] == "held-out"
     assert set(res["summary"]) == {"train", "held-out"}
     for m in res["final"].values():

@@ -44,17 +44,18 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
                        f"within {timeout_s:.0f}s")
 
 
-def discover_hospitals(grid: Grid, expected: int, timeout_s: float) -> dict[int, tuple[str, str, int]]:
-    """``node_id -> (hospital, role, n_features)`` from each node's reply to a ``query`` message."""
+def discover_hospitals(grid: Grid, expected: int, timeout_s: float) -> dict[int, tuple[str, str, int, str]]:
+    """``node_id -> (hospital, role, n_features, device)`` from each node's reply to a ``query``."""
     nodes = _wait_for_nodes(grid, expected, timeout_s)
     messages = [Message(RecordDict({"config": ConfigRecord({"ask": "identity"})}), dst_node_id=n,
                         message_type=MessageType.QUERY) for n in nodes]
-    out: dict[int, tuple[str, str, int]] = {}
+    out: dict[int, tuple[str, str, int, str]] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
         if reply.has_error():
             raise FedMetaError(f"node {reply.metadata.src_node_id} failed to identify itself: {reply.error.reason}")
         ident, sizes = reply.content["identity"], reply.content["sizes"]
-        out[reply.metadata.src_node_id] = (str(ident["hospital"]), str(ident["role"]), int(sizes["n-features"]))
+        out[reply.metadata.src_node_id] = (str(ident["hospital"]), str(ident["role"]), int(sizes["n-features"]),
+                                           str(ident["device"]))
     names = [v[0] for v in out.values()]
     if len(set(names)) != len(names):
         raise FedMetaError(f"federation: two nodes claim the same hospital: {sorted(names)}")
@@ -79,6 +80,8 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
         cfg=cfg, hospital_of=hospital_of, train_nodes=train_nodes, initial_params=params_of(model),
         checkpoint_dir=out_dir, on_round_end=lambda r: bar.update(1),
     )
+    strategy.history.devices = {v[0]: v[3] for v in identities.values()}
+    log.info("hospital devices: %s", strategy.history.devices)
     t_setup = time.perf_counter() - t0
     strategy.start(
         grid=grid,

@@ -1,0 +1,56 @@
+"""The app under Flower's own runner: ``flwr run .`` on a local simulation federation.
+
+It must finish with the run's outputs, rewrite no file of the project and install nothing. The
+local SuperLink that ``flwr run`` leaves running is stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _superlinks_of(flwr_home: Path) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines()
+            if "flower-superlink" in line and str(flwr_home) in line]
+
+
+@pytest.mark.skipif(shutil.which("flwr", path=str(BIN)) is None, reason="flwr CLI not installed in this env")
+def test_flwr_run_simulation(tmp_path):
+    flwr_home = tmp_path / "flwr-home"
+    out = tmp_path / "out"
+    before = {p: p.read_bytes() for p in (ROOT / "pyproject.toml", ROOT / "configs" / "ci.toml")}
+    env = {**os.environ, "FLWR_HOME": str(flwr_home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    try:
+        proc = subprocess.run(
+            [str(BIN / "flwr"), "run", ".", "--federation-config", "num-supernodes=5",
+             "-c", f'config-file="configs/ci.toml" out-dir="{out}"', "--stream"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        results = json.loads((out / "results.json").read_text())
+        assert len(results["final"]) == 5
+        assert [r["round"] for r in results["history"]["rounds"]] == [1, 2, 3]
+    finally:
+        for pid in _superlinks_of(flwr_home):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _superlinks_of(flwr_home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not _superlinks_of(flwr_home)
+    for path, content in before.items():
+        assert path.read_bytes() == content, f"flwr run rewrote {path}"
