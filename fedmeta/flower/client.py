@@ -23,7 +23,7 @@ from fedmeta.data.sources import load_federation
 from fedmeta.evaluation import evaluate_few_shot
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
 from fedmeta.flower.run_config import config_from_run_config
-from fedmeta.meta.functional import params_of
+from fedmeta.meta.functional import Params, params_of
 from fedmeta.meta.local_training import meta_train_locally
 from fedmeta.models import build_model, pick_device
 
@@ -54,10 +54,15 @@ def _site(cfg: ExperimentConfig, context: Context) -> _Site:
     return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, fed.n_features, pick_device())
 
 
-def _error_reply(msg: Message, site: _Site, err: RecordError) -> Message:
-    reason = f"hospital {site.hospital.name}: rejected parameters: {err}"
-    log.error(reason)
-    return Message(Error(code=BAD_ARRAYS, reason=reason), reply_to=msg)
+def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Params] | Message:
+    """The model with the received global parameters, or an error reply if they do not fit it."""
+    model = build_model(site.cfg.model, site.n_features, site.cfg.seed).to(site.device)
+    try:
+        return model, record_to_params(msg.content["arrays"], params_of(model), site.device)
+    except RecordError as err:
+        reason = f"hospital {site.hospital.name}: rejected parameters: {err}"
+        log.error(reason)
+        return Message(Error(code=BAD_ARRAYS, reason=reason), reply_to=msg)
 
 
 def build_client_app(config: ExperimentConfig | None = None) -> ClientApp:
@@ -87,11 +92,10 @@ def build_client_app(config: ExperimentConfig | None = None) -> ClientApp:
                 Error(code=BAD_ARRAYS + 1, reason=f"hospital {site.hospital.name} is held out and never trains"),
                 reply_to=msg,
             )
-        model = build_model(cfg.model, site.n_features, cfg.seed).to(site.device)
-        try:
-            params = record_to_params(msg.content["arrays"], params_of(model), site.device)
-        except RecordError as err:
-            return _error_reply(msg, site, err)
+        received = _model_and_params(msg, site)
+        if isinstance(received, Message):
+            return received
+        model, params = received
         server_round = int(msg.content["config"].get("server-round", 0))
         t0 = time.perf_counter()
         sampler = EpisodeSampler(
@@ -116,11 +120,10 @@ def build_client_app(config: ExperimentConfig | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         site = site_of(context)
         cfg = site.cfg
-        model = build_model(cfg.model, site.n_features, cfg.seed).to(site.device)
-        try:
-            params = record_to_params(msg.content["arrays"], params_of(model), site.device)
-        except RecordError as err:
-            return _error_reply(msg, site, err)
+        received = _model_and_params(msg, site)
+        if isinstance(received, Message):
+            return received
+        model, params = received
         server_round = int(msg.content["config"].get("server-round", 0))
         score = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
                                   seed=cfg.seed, device=site.device)
