@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ def _quiet_flower() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.supercore.logger import update_console_handler
 
-    update_console_handler(level=logging.WARNING, timestamps=False, colored=True)
+    # ERROR, not WARNING: `run_simulation` announces its own deprecation at WARNING on every call.
+    update_console_handler(level=logging.ERROR, timestamps=False, colored=True)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -38,9 +41,13 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True) -> 
     n = len(fed.hospitals)
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": cfg.federation.client_gpus},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error", "log_to_driver": True},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "error", "log_to_driver": False},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    if progress:
+        held = len(cfg.data.held_out)
+        print(f"starting Flower simulation on Ray: {n} hospitals ({held} held out), "
+              f"{cfg.meta.algorithm}, {cfg.federation.rounds} rounds, seed {cfg.seed}", file=sys.stderr, flush=True)
     run_simulation(
         server_app=build_server_app(cfg, out_dir, expected_nodes=n, progress=progress),
         client_app=build_client_app(cfg),
