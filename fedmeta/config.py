@@ -24,6 +24,7 @@ __all__ = [
     "ServerConfig",
     "EvalConfig",
     "LocalConfig",
+    "PrivacyConfig",
     "ExperimentConfig",
     "load_config",
     "apply_overrides",
@@ -32,7 +33,7 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 class SyntheticConfig(_Section):
@@ -130,6 +131,35 @@ class LocalConfig(_Section):
     batch_size: int = Field(32, ge=1)
 
 
+class PrivacyConfig(_Section):
+    """Differential privacy of what a hospital sends (see docs/privacy.md).
+
+    ``record``: the unit is one patient record (per-episode clipping of meta-gradients, Poisson
+    sampling of records, Gaussian noise by Opacus' DPOptimizer). ``client``: the unit is a hospital
+    (clip and noise the whole meta-update). Give either ``noise_multiplier`` or ``target_epsilon``
+    (calibrated with Opacus for the planned rounds).
+    """
+
+    mode: Literal["none", "record", "client"] = "none"
+    noise_multiplier: float = Field(0.0, ge=0, description="sigma; 0 = calibrate from target_epsilon")
+    target_epsilon: float = Field(0.0, ge=0, description="epsilon after all planned rounds")
+    delta: float = Field(0.0, ge=0, lt=1, description="0 = 1 / (10 * n_train) of each hospital")
+    max_grad_norm: float = Field(1.0, gt=0, description="clipping norm C")
+    sample_rate: float = Field(0.0, ge=0, le=1, description="record sampling rate q; 0 = expected "
+                               "meta-batch size / n_train")
+    accountant: Literal["prv", "rdp"] = "prv"
+    max_epsilon: float = Field(float("inf"), gt=0, description="default per-hospital cap")
+    hospital_max_epsilon: dict[str, float] = Field(default_factory=dict, description="per-hospital caps")
+
+    @model_validator(mode="after")
+    def _noise_or_target(self) -> "PrivacyConfig":
+        if self.mode != "none" and (self.noise_multiplier > 0) == (self.target_epsilon > 0):
+            raise ValueError("set exactly one of noise_multiplier and target_epsilon (> 0)")
+        if any(not v > 0 for v in self.hospital_max_epsilon.values()):
+            raise ValueError("hospital_max_epsilon values must be > 0")
+        return self
+
+
 class ExperimentConfig(_Section):
     """A whole run."""
 
@@ -141,6 +171,7 @@ class ExperimentConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -192,3 +192,24 @@ def test_registry_lookup():
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("meta-sgd")
     assert isinstance(build_model(ModelConfig(hidden=[4]), 3, seed=0), MLP)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_padded_episodes_with_zero_weights_equal_the_unpadded_ones(name):
+    """Padding rows with weight 0 change nothing when the normaliser is the real count."""
+    model, batch = _model([6]), _batch(m=2, s=4, q=6)
+    params = params_of(model)
+    g = torch.Generator().manual_seed(5)
+    pad_s, pad_q = torch.randn(2, 3, 5, generator=g, dtype=torch.float64), torch.randn(2, 2, 5, generator=g, dtype=torch.float64)
+    padded = EpisodeBatch(
+        torch.cat([batch.x_support, pad_s], 1), torch.cat([batch.y_support, torch.ones(2, 3, dtype=torch.float64)], 1),
+        torch.cat([batch.x_query, pad_q], 1), torch.cat([batch.y_query, torch.zeros(2, 2, dtype=torch.float64)], 1),
+        w_support=torch.cat([torch.ones(2, 4), torch.zeros(2, 3)], 1).double(),
+        w_query=torch.cat([torch.ones(2, 6), torch.zeros(2, 2)], 1).double(),
+        support_normaliser=4.0, query_normaliser=6.0,
+    )
+    algo = ALGORITHMS[name]
+    plain, _ = algo.episode_gradients(model, params, batch, INNER)
+    masked, _ = algo.episode_gradients(model, params, padded, INNER)
+    for k in params:
+        torch.testing.assert_close(masked[k], plain[k], rtol=1e-10, atol=1e-12)

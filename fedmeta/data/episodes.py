@@ -16,16 +16,41 @@ __all__ = ["EpisodeBatch", "EpisodeSampler", "sample_k_shot"]
 
 @dataclass(frozen=True)
 class EpisodeBatch:
-    """``m`` episodes: support ``(m, 2*shots, d)``, query ``(m, q, d)``; labels float 0/1."""
+    """``m`` episodes: support ``(m, s, d)``, query ``(m, q, d)``; labels float 0/1.
+
+    Padded episodes (record-level DP draws episodes of random size) carry 0/1 weights per example
+    and data-independent loss normalisers; plain episodes have neither and use the mean loss.
+    """
 
     x_support: torch.Tensor
     y_support: torch.Tensor
     x_query: torch.Tensor
     y_query: torch.Tensor
+    w_support: torch.Tensor | None = None
+    w_query: torch.Tensor | None = None
+    support_normaliser: float | None = None
+    query_normaliser: float | None = None
 
     @property
     def size(self) -> int:
         return int(self.x_support.shape[0])
+
+    def support(self) -> dict:
+        """Keyword arguments of the support set for ``adapt`` / ``episode_losses``."""
+        return {"weight": self.w_support, "normaliser": self.support_normaliser}
+
+    def query(self) -> dict:
+        return {"weight": self.w_query, "normaliser": self.query_normaliser}
+
+    def joined(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Support and query as one set per episode (Reptile, FedAvg), with its weights."""
+        x = torch.cat([self.x_support, self.x_query], dim=1)
+        y = torch.cat([self.y_support, self.y_query], dim=1)
+        if self.w_support is None or self.w_query is None:
+            return x, y, {"weight": None, "normaliser": None}
+        assert self.support_normaliser is not None and self.query_normaliser is not None
+        return x, y, {"weight": torch.cat([self.w_support, self.w_query], dim=1),
+                      "normaliser": self.support_normaliser + self.query_normaliser}
 
 
 def sample_k_shot(y: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarray:

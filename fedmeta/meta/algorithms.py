@@ -34,10 +34,6 @@ class InnerLoop:
     lr: float
 
 
-def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.cat([a, b], dim=1)
-
-
 class MetaAlgorithm(ABC):
     """Per-episode meta-gradients for a meta-batch; one subclass per algorithm."""
 
@@ -64,8 +60,8 @@ class SecondOrderMAML(MetaAlgorithm):
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)
             fast = adapt(model, theta, batch.x_support, batch.y_support,
-                         steps=inner.steps, lr=inner.lr, create_graph=True)
-            losses = episode_losses(model, fast, batch.x_query, batch.y_query)
+                         steps=inner.steps, lr=inner.lr, create_graph=True, **batch.support())
+            losses = episode_losses(model, fast, batch.x_query, batch.y_query, **batch.query())
             grads = torch.autograd.grad(losses.sum(), list(theta.values()))
         return dict(zip(theta, grads)), losses.detach()
 
@@ -77,8 +73,8 @@ class FirstOrderMAML(MetaAlgorithm):
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)
             fast = adapt(model, theta, batch.x_support, batch.y_support,
-                         steps=inner.steps, lr=inner.lr, create_graph=False)
-            losses = episode_losses(model, fast, batch.x_query, batch.y_query)
+                         steps=inner.steps, lr=inner.lr, create_graph=False, **batch.support())
+            losses = episode_losses(model, fast, batch.x_query, batch.y_query, **batch.query())
             grads = torch.autograd.grad(losses.sum(), list(fast.values()))
         return dict(zip(fast, grads)), losses.detach()
 
@@ -87,12 +83,12 @@ class Reptile(MetaAlgorithm):
     name = "reptile"
 
     def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
-        x, y = _cat(batch.x_support, batch.x_query), _cat(batch.y_support, batch.y_query)
+        x, y, w = batch.joined()
         theta = per_episode_copies(params, batch.size)
-        fast = adapt(model, theta, x, y, steps=inner.steps, lr=inner.lr, create_graph=False)
+        fast = adapt(model, theta, x, y, steps=inner.steps, lr=inner.lr, create_graph=False, **w)
         with torch.no_grad():
             direction = {k: theta[k] - fast[k] for k in theta}
-            losses = episode_losses(model, fast, x, y)
+            losses = episode_losses(model, fast, x, y, **w)
         return direction, losses
 
 
@@ -100,10 +96,10 @@ class FedAvgSGD(MetaAlgorithm):
     name = "fedavg"
 
     def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
-        x, y = _cat(batch.x_support, batch.x_query), _cat(batch.y_support, batch.y_query)
+        x, y, w = batch.joined()
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)
-            losses = episode_losses(model, theta, x, y)
+            losses = episode_losses(model, theta, x, y, **w)
             grads = torch.autograd.grad(losses.sum(), list(theta.values()))
         return dict(zip(theta, grads)), losses.detach()
 

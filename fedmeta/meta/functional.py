@@ -35,21 +35,32 @@ def per_episode_copies(params: Params, m: int, requires_grad: bool = True) -> Pa
             for k, v in params.items()}
 
 
-def episode_losses(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Loss of each episode ``(m,)`` with per-episode parameters ``{k: (m, *shape)}`` and data ``(m, n, d)``."""
+def episode_losses(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
+                   weight: torch.Tensor | None = None, normaliser: float | None = None) -> torch.Tensor:
+    """Loss of each episode ``(m,)`` with per-episode parameters ``{k: (m, *shape)}`` and data ``(m, n, d)``.
+
+    Without ``weight`` it is the mean over the episode's examples. With a 0/1 ``weight`` (padded
+    episodes of varying size) it is ``sum(weight * loss) / normaliser``: a fixed normaliser keeps
+    one record's influence on its episode's loss independent of the other records.
+    """
     logits = vmap(lambda p, xi: functional_call(model, p, (xi,)))(params, x)
-    return F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1)
+    per_example = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    if weight is None:
+        return per_example.mean(-1)
+    if normaliser is None:
+        raise ValueError("a weighted episode loss needs a data-independent normaliser")
+    return (per_example * weight).sum(-1) / normaliser
 
 
 def adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float,
-          create_graph: bool) -> Params:
+          create_graph: bool, weight: torch.Tensor | None = None, normaliser: float | None = None) -> Params:
     """``steps`` SGD steps per episode; with ``create_graph`` the result stays differentiable with
     respect to ``params`` through every step (second order)."""
     names = list(params)
     with torch.enable_grad():
         fast = params
         for _ in range(steps):
-            total = episode_losses(model, fast, x, y).sum()
+            total = episode_losses(model, fast, x, y, weight, normaliser).sum()
             grads = torch.autograd.grad(total, [fast[k] for k in names], create_graph=create_graph)
             fast = {k: fast[k] - lr * g for k, g in zip(names, grads)}
             if not create_graph:

@@ -1,0 +1,54 @@
+"""Opacus accountants over a recorded mechanism history.
+
+A hospital's privacy loss is the composition of every Poisson-subsampled Gaussian mechanism it
+ran: the history ``[(sigma, q, steps), ...]``. It is kept in the hospital's ledger, so an
+accountant can always be rebuilt from it (after a restart, or by an auditor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from opacus.accountants import IAccountant, create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+__all__ = ["Mechanism", "make_accountant", "epsilon_of", "default_delta", "calibrate_noise_multiplier"]
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """``steps`` releases of a Gaussian mechanism with noise multiplier ``sigma`` (noise std =
+    sigma x sensitivity) on a Poisson sample of rate ``sample_rate``."""
+
+    sigma: float
+    sample_rate: float
+    steps: int
+
+
+def make_accountant(name: str, history: Iterable[Mechanism] = ()) -> IAccountant:
+    """An Opacus accountant (``prv`` or ``rdp``) that has seen ``history``."""
+    accountant = create_accountant(mechanism=name)
+    # Opacus keeps exactly this form: consecutive equal (sigma, q) steps merged into one entry.
+    accountant.history = [(m.sigma, m.sample_rate, m.steps) for m in history if m.steps > 0]
+    return accountant
+
+
+def epsilon_of(history: Iterable[Mechanism], *, delta: float, accountant: str) -> float:
+    """Epsilon at ``delta`` of the composed history (0 for an empty one)."""
+    history = [m for m in history if m.steps > 0]
+    if not history:
+        return 0.0
+    return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+
+
+def default_delta(n_records: int) -> float:
+    """A delta well below 1/n: at most 1e-5, and at most 1/(10 n) for large hospitals."""
+    return min(1e-5, 0.1 / max(n_records, 1))
+
+
+def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                               accountant: str) -> float:
+    """The sigma that reaches ``target_epsilon`` after ``steps`` releases (Opacus' bisection)."""
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                      sample_rate=sample_rate, steps=steps, accountant=accountant))

@@ -1,0 +1,71 @@
+"""Episodes for record-level DP: Poisson sampling of records, then an independent random slot.
+
+Each outer step every record of the hospital's train split is included independently with
+probability ``q``; every included record is then put, independently of all other records, into one
+of ``m`` episode slots and into that episode's support (probability ``support_fraction``) or query
+set. Adding or removing one record therefore changes at most one episode. Episodes are padded to a
+fixed capacity with 0/1 weights; a slot holding more records than its capacity keeps a random
+subset (this only changes that slot's own episode). Losses are normalised by the expected slot
+size, a constant that does not depend on the data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fedmeta.data.episodes import EpisodeBatch
+
+__all__ = ["PoissonEpisodeSampler"]
+
+
+def _capacity(expected: float) -> int:
+    """Room for the expected count plus five standard deviations (overflow is then rare)."""
+    return max(1, math.ceil(expected + 5.0 * math.sqrt(max(expected, 1.0)) + 1))
+
+
+class PoissonEpisodeSampler:
+    """Draws ``m`` padded episodes from a Poisson sample of one hospital's records."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, sample_rate: float, episodes: int,
+                 support_fraction: float, device: torch.device):
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if not 0 < support_fraction < 1:
+            raise ValueError(f"support_fraction must be in (0, 1), got {support_fraction}")
+        self.x = torch.as_tensor(x, device=device)
+        self.y = torch.as_tensor(y, device=device)
+        self.n = len(y)
+        self.q = sample_rate
+        self.m = episodes
+        self.support_fraction = support_fraction
+        per_slot = self.n * sample_rate / episodes
+        self.support_normaliser = per_slot * support_fraction
+        self.query_normaliser = per_slot * (1.0 - support_fraction)
+        self.support_capacity = _capacity(self.support_normaliser)
+        self.query_capacity = _capacity(self.query_normaliser)
+
+    def _pack(self, slots: list[np.ndarray], capacity: int, rng: np.random.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = np.zeros((self.m, capacity), dtype=np.int64)
+        weight = np.zeros((self.m, capacity), dtype=np.float32)
+        for i, members in enumerate(slots):
+            if len(members) > capacity:
+                members = rng.choice(members, size=capacity, replace=False)
+            idx[i, : len(members)] = members
+            weight[i, : len(members)] = 1.0
+        t_idx = torch.as_tensor(idx, device=self.x.device)
+        return self.x[t_idx], self.y[t_idx], torch.as_tensor(weight, device=self.x.device, dtype=self.x.dtype)
+
+    def sample(self, rng: np.random.Generator) -> EpisodeBatch:
+        included = np.flatnonzero(rng.uniform(size=self.n) < self.q)
+        slot = rng.integers(0, self.m, size=len(included))
+        in_support = rng.uniform(size=len(included)) < self.support_fraction
+        support = [included[(slot == i) & in_support] for i in range(self.m)]
+        query = [included[(slot == i) & ~in_support] for i in range(self.m)]
+        xs, ys, ws = self._pack(support, self.support_capacity, rng)
+        xq, yq, wq = self._pack(query, self.query_capacity, rng)
+        return EpisodeBatch(xs, ys, xq, yq, w_support=ws, w_query=wq,
+                            support_normaliser=self.support_normaliser, query_normaliser=self.query_normaliser)
