@@ -135,12 +135,11 @@ class PrivacyConfig(_Section):
     """Differential privacy of what a hospital sends (see docs/privacy.md).
 
     ``record``: the unit is one patient record (per-episode clipping of meta-gradients, Poisson
-    sampling of records, Gaussian noise by Opacus' DPOptimizer). ``client``: the unit is a hospital
-    (clip and noise the whole meta-update). Give either ``noise_multiplier`` or ``target_epsilon``
-    (calibrated with Opacus for the planned rounds).
+    sampling of records, Gaussian noise by Opacus' DPOptimizer). Give either ``noise_multiplier``
+    or ``target_epsilon`` (calibrated with Opacus for the planned rounds).
     """
 
-    mode: Literal["none", "record", "client"] = "none"
+    mode: Literal["none", "record"] = "none"
     noise_multiplier: float = Field(0.0, ge=0, description="sigma; 0 = calibrate from target_epsilon")
     target_epsilon: float = Field(0.0, ge=0, description="epsilon after all planned rounds")
     delta: float = Field(0.0, ge=0, lt=1, description="0 = 1 / (10 * n_train) of each hospital")
@@ -150,6 +149,7 @@ class PrivacyConfig(_Section):
     accountant: Literal["prv", "rdp"] = "prv"
     max_epsilon: float = Field(float("inf"), gt=0, description="default per-hospital cap")
     hospital_max_epsilon: dict[str, float] = Field(default_factory=dict, description="per-hospital caps")
+    secure_mode: bool = Field(False, description="Opacus secure noise (not reproducible from the seed)")
 
     @model_validator(mode="after")
     def _noise_or_target(self) -> "PrivacyConfig":

@@ -61,13 +61,15 @@ def plot_metric(history: RunHistory, metric: str, path: Path, title: str) -> Non
 
 
 def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHistory, model: nn.Module,
-                      timings: dict[str, float]) -> dict[str, Any]:
+                      timings: dict[str, float], stop_reason: str = "") -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
     final = history.final_eval()
     results = {
         "algorithm": cfg.meta.algorithm,
         "seed": cfg.seed,
+        "rounds_completed": sum(1 for r in history.rounds if r.train),
+        "stopped_early": stop_reason,
         "final": {h: {**m, "role": history.hospitals[h]} for h, m in sorted(final.items())},
         "summary": summarise(final, history.hospitals),
         "timings": {**timings, "round_s": [r.seconds for r in history.rounds]},

@@ -50,7 +50,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True) -> 
               f"{cfg.meta.algorithm}, {cfg.federation.rounds} rounds, seed {cfg.seed}", file=sys.stderr, flush=True)
     run_simulation(
         server_app=build_server_app(cfg, out_dir, expected_nodes=n, progress=progress),
-        client_app=build_client_app(cfg),
+        client_app=build_client_app(cfg, ledger_dir=out_dir / "ledgers"),
         num_supernodes=n,
         backend_config=backend_config,  # type: ignore[arg-type]
     )

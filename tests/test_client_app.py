@@ -11,7 +11,8 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, 
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import load_config
-from fedmeta.flower.client import BAD_ARRAYS, build_client_app
+from fedmeta.flower.client import build_client_app
+from fedmeta.flower.reply_codes import BAD_ARRAYS
 from fedmeta.flower.records import params_to_record
 from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,15 +23,17 @@ from fedmeta.data.hospital import Hospital
 from fedmeta.data.sources import load_federation
 from fedmeta.evaluation import evaluate_few_shot
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
+from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, HELD_OUT
 from fedmeta.flower.run_config import config_from_run_config
 from fedmeta.meta.functional import Params, params_of
-from fedmeta.meta.local_training import meta_train_locally
+from fedmeta.meta.local_training import LocalResult, meta_train_locally
+from fedmeta.privacy.budget import HospitalBudget
+from fedmeta.privacy.private_training import meta_train_privately
 from fedmeta.models import build_model, pick_device
 
-__all__ = ["build_client_app", "BAD_ARRAYS"]
+__all__ = ["build_client_app"]
 
 log = logging.getLogger("fedmeta.client")
-BAD_ARRAYS = 4001  # Error code of a reply to parameters that do not fit the model.
 
 
 @dataclass
@@ -65,9 +68,23 @@ def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Param
         return Message(Error(code=BAD_ARRAYS, reason=reason), reply_to=msg)
 
 
-def build_client_app(config: ExperimentConfig | None = None) -> ClientApp:
-    """A ClientApp for ``config``, or for the config named in the run config when ``None``."""
+def _float_or_none(value: object) -> float | None:
+    return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
+
+
+def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | None = None) -> ClientApp:
+    """A ClientApp for ``config``, or for the config named in the run config when ``None``.
+
+    A hospital's privacy ledger is the node config's ``ledger`` path (deployment), else
+    ``<ledger_dir>/<hospital>.sqlite`` (simulation), else under the run's ``out-dir``.
+    """
     app = ClientApp()
+
+    def ledger_path(site: _Site, context: Context) -> Path:
+        if context.node_config.get("ledger"):
+            return Path(str(context.node_config["ledger"]))
+        base = ledger_dir or Path(str(context.run_config.get("out-dir", "") or "runs")) / "ledgers"
+        return base / f"{site.hospital.name}.sqlite"
 
     def site_of(context: Context) -> _Site:
         torch.set_num_threads(1)  # one simulated hospital per Ray CPU
@@ -89,7 +106,7 @@ def build_client_app(config: ExperimentConfig | None = None) -> ClientApp:
         cfg = site.cfg
         if site.held_out:
             return Message(
-                Error(code=BAD_ARRAYS + 1, reason=f"hospital {site.hospital.name} is held out and never trains"),
+                Error(code=HELD_OUT, reason=f"hospital {site.hospital.name} is held out and never trains"),
                 reply_to=msg,
             )
         received = _model_and_params(msg, site)
@@ -97,22 +114,40 @@ def build_client_app(config: ExperimentConfig | None = None) -> ClientApp:
             return received
         model, params = received
         server_round = int(msg.content["config"].get("server-round", 0))
-        t0 = time.perf_counter()
-        sampler = EpisodeSampler(
-            site.hospital.x_train, site.hospital.y_train, shots=cfg.meta.shots, query=cfg.meta.query,
-            device=site.device,
-        )
         rng = np.random.default_rng([cfg.seed, server_round, site.index])
-        result = meta_train_locally(model, params, sampler, cfg.meta, rng)
+        t0 = time.perf_counter()
+        privacy: dict[str, float] = {}
+        if cfg.privacy.mode == "record":
+            budget = HospitalBudget(cfg, hospital=site.hospital.name, n_train=site.hospital.n_train,
+                                    ledger_path=ledger_path(site, context),
+                                    max_epsilon=_float_or_none(context.node_config.get("max-epsilon")))
+            decision = budget.decide()
+            if not decision.allowed:
+                log.warning(decision.reason)
+                return Message(Error(code=BUDGET_EXHAUSTED, reason=decision.reason), reply_to=msg)
+            noise = None if cfg.privacy.secure_mode else torch.Generator(device=site.device).manual_seed(
+                int(np.random.default_rng([cfg.seed, server_round, site.index, 1]).integers(2**62)))
+            result: LocalResult = meta_train_privately(
+                model, params, site.hospital, cfg.meta, budget.plan, rng=rng, noise_generator=noise,
+                secure_mode=cfg.privacy.secure_mode, device=site.device)
+            budget.commit(run_id=str(context.run_id), round=server_round, epsilon_after=decision.epsilon_after)
+            privacy = {"epsilon": decision.epsilon_after, "delta": budget.plan.delta,
+                       "noise-multiplier": budget.plan.sigma}
+        else:
+            sampler = EpisodeSampler(site.hospital.x_train, site.hospital.y_train, shots=cfg.meta.shots,
+                                     query=cfg.meta.query, device=site.device)
+            result = meta_train_locally(model, params, sampler, cfg.meta, rng)
         seconds = time.perf_counter() - t0
         log.info("hospital %s round %d: %s on %s in %.2fs", site.hospital.name, server_round,
                  cfg.meta.algorithm, site.device, seconds)
         metrics = MetricRecord({
             "num-examples": site.hospital.n_train,
-            "train-loss": result.train_loss,
+            # The loss on private records is not noised: under DP it stays at the hospital.
+            **({} if privacy else {"train-loss": result.train_loss}),
             "episodes": result.episodes,
             "train-seconds": seconds,
             "on-gpu": int(site.device.type == "cuda"),
+            **privacy,
         })
         return Message(RecordDict({"arrays": params_to_record(result.update), "metrics": metrics}), reply_to=msg)
 

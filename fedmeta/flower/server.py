@@ -17,7 +17,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.errors import FedMetaError
 from fedmeta.flower.records import params_to_record
 from fedmeta.flower.run_config import config_from_run_config
-from fedmeta.flower.strategy import FedMeta
+from fedmeta.flower.strategy import FederationStopped, FedMeta
 from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model
 from fedmeta.outputs import write_run_outputs
@@ -83,19 +83,23 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     strategy.history.devices = {v[0]: v[3] for v in identities.values()}
     log.info("hospital devices: %s", strategy.history.devices)
     t_setup = time.perf_counter() - t0
-    strategy.start(
-        grid=grid,
-        initial_arrays=params_to_record(params_of(model)),
-        num_rounds=cfg.federation.rounds,
-        timeout=cfg.federation.reply_timeout_s,
-        train_config=ConfigRecord({"algorithm": cfg.meta.algorithm}),
-        evaluate_config=ConfigRecord(),
-    )
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=params_to_record(params_of(model)),
+            num_rounds=cfg.federation.rounds,
+            timeout=cfg.federation.reply_timeout_s,
+            train_config=ConfigRecord({"algorithm": cfg.meta.algorithm}),
+            evaluate_config=ConfigRecord(),
+        )
+    except FederationStopped as stop:
+        log.warning("%s", stop)
     bar.close()
     model.load_state_dict(strategy.optimizer.current())
     write_run_outputs(
         out_dir, cfg=cfg, history=strategy.history, model=model,
         timings={"setup_s": t_setup, "total_s": time.perf_counter() - t0},
+        stop_reason=strategy.stop_reason,
     )
 
 

@@ -23,11 +23,16 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedmeta.config import ExperimentConfig
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
+from fedmeta.flower.reply_codes import BUDGET_EXHAUSTED
 from fedmeta.history import RunHistory
 from fedmeta.meta.functional import Params
 from fedmeta.server_optimizer import ServerMetaOptimizer
 
-__all__ = ["FedMeta"]
+__all__ = ["FedMeta", "FederationStopped"]
+
+
+class FederationStopped(Exception):
+    """Too few hospitals are willing to train (their privacy caps are reached): end the run."""
 
 log = logging.getLogger("fedmeta.server")
 
@@ -61,16 +66,25 @@ class FedMeta(FedAvg):
         self.checkpoint_dir = checkpoint_dir
         self.on_round_end = on_round_end
         self._round_start = time.perf_counter()
+        self.declined: set[int] = set()  # hospitals that reached their privacy cap
+        self.stop_reason = ""
 
     # -- training ------------------------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._round_start = time.perf_counter()
+        willing = [n for n in self.train_nodes if n not in self.declined]
+        if len(willing) < self.min_train_nodes:
+            names = ", ".join(sorted(self.hospital_of[n] for n in self.declined))
+            self.stop_reason = (f"stopped before round {server_round}: {len(willing)} hospital(s) can still train, "
+                                f"fewer than federation.min_train_nodes={self.min_train_nodes} "
+                                f"(privacy cap reached: {names})")
+            raise FederationStopped(self.stop_reason)
         rng = np.random.default_rng([self.cfg.seed, server_round, 17])
-        k = max(self.min_train_nodes, math.ceil(self.fraction_train * len(self.train_nodes)))
-        k = min(k, len(self.train_nodes))
-        nodes = sorted(self.train_nodes[int(i)] for i in rng.choice(len(self.train_nodes), size=k, replace=False))
+        k = max(self.min_train_nodes, math.ceil(self.fraction_train * len(willing)))
+        k = min(k, len(willing))
+        nodes = sorted(willing[int(i)] for i in rng.choice(len(willing), size=k, replace=False))
         self.history.round(server_round).sampled = [self.hospital_of[n] for n in nodes]
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -80,6 +94,8 @@ class FedMeta(FedAvg):
         hospital = self.hospital_of.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
         rec = self.history.round(server_round)
         if msg.has_error():
+            if msg.error.code == BUDGET_EXHAUSTED:
+                self.declined.add(msg.metadata.src_node_id)
             rec.failed[hospital] = f"error reply: {msg.error.reason}"
             log.warning("round %d: hospital %s replied with an error: %s", server_round, hospital, msg.error.reason)
             return None
