@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -29,8 +30,17 @@ class Mechanism:
 def make_accountant(name: str, history: Iterable[Mechanism] = ()) -> IAccountant:
     """An Opacus accountant (``prv`` or ``rdp``) that has seen ``history``."""
     accountant = create_accountant(mechanism=name)
-    # Opacus keeps exactly this form: consecutive equal (sigma, q) steps merged into one entry.
-    accountant.history = [(m.sigma, m.sample_rate, m.steps) for m in history if m.steps > 0]
+    # Opacus' own form: consecutive steps with equal (sigma, q) merged into one entry (PRV's cost
+    # grows with the number of entries, not of steps).
+    merged: list[tuple[float, float, int]] = []
+    for m in history:
+        if m.steps <= 0:
+            continue
+        if merged and merged[-1][:2] == (m.sigma, m.sample_rate):
+            merged[-1] = (m.sigma, m.sample_rate, merged[-1][2] + m.steps)
+        else:
+            merged.append((m.sigma, m.sample_rate, m.steps))
+    accountant.history = merged
     return accountant
 
 
@@ -47,6 +57,7 @@ def default_delta(n_records: int) -> float:
     return min(1e-5, 0.1 / max(n_records, 1))
 
 
+@lru_cache(maxsize=64)
 def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                                accountant: str) -> float:
     """The sigma that reaches ``target_epsilon`` after ``steps`` releases (Opacus' bisection)."""
