@@ -24,6 +24,9 @@ def _quiet_flower() -> None:
 
     # ERROR, not WARNING: `run_simulation` announces its own deprecation at WARNING on every call.
     update_console_handler(level=logging.ERROR, timestamps=False, colored=True)
+    # Flower has its own console handler; without this its DEBUG records also reach any root
+    # handler (Opacus installs one with logging.basicConfig on import).
+    logging.getLogger("flwr").propagate = False
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
