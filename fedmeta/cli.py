@@ -72,6 +72,27 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"comparison: {out}/comparison.json, {out}/comparison.md")
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from fedmeta.privacy.ledger_audit import audit_ledger, write_audit
+
+    reports = [audit_ledger(p) for p in args.ledgers]
+    print(f"{'hospital':<16} {'rounds':>6} {'epsilon':>9} {'cap':>8} {'remaining':>9}  mechanisms / check")
+    for rep in reports:
+        cap = f"{rep.max_epsilon:.3f}" if rep.max_epsilon != float("inf") else "none"
+        left = f"{rep.max_epsilon - rep.epsilon:.3f}" if rep.max_epsilon != float("inf") else "-"
+        verdict = "ok" if not rep.mismatches else f"MISMATCH in rows {[c.row.id for c in rep.mismatches]}"
+        mechs = ", ".join(sorted({c.row.mechanism for c in rep.checks})) or "-"
+        print(f"{rep.hospital:<16} {len(rep.checks):>6} {rep.epsilon:>9.3f} {cap:>8} {left:>9}  {mechs}; {verdict}")
+        for c in rep.mismatches:
+            print(f"  row {c.row.id} (run {c.row.run_id}, round {c.row.round}): recorded epsilon "
+                  f"{c.row.epsilon:.6g}, recomputed {c.recomputed:.6g}")
+    out = Path(args.out) if args.out else Path("runs") / f"audit-{datetime.now():%Y%m%d-%H%M%S}"
+    with staged_output_dir(out) as stage:
+        write_audit(reports, stage)
+    print(f"report: {out}/audit.json, {out}/audit.png")
+    return 1 if any(r.mismatches for r in reports) else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmeta", description="Federated meta-learning for hospitals.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,20 +115,24 @@ def _parser() -> argparse.ArgumentParser:
                    default=["local", "fedavg", "fedmeta-maml", "fedmeta-fomaml", "fedmeta-reptile"])
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.set_defaults(func=_compare)
+    a = sub.add_parser("audit", help="recompute and report the privacy spent in hospitals' ledgers")
+    a.add_argument("ledgers", nargs="+", help="ledger files (<out>/ledgers/<hospital>.sqlite)")
+    a.add_argument("--out", help="report directory (default runs/audit-<time>)")
+    a.set_defaults(func=_audit)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except FedMetaError as err:
         print(f"fedmeta: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedmeta: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ ledger ever exceeds its cap."""
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -33,13 +35,19 @@ def _caps() -> dict[str, float]:
     return caps
 
 
-def test_hospitals_stop_at_their_cap_and_the_run_ends_cleanly(tmp_path):
+@pytest.fixture(scope="module")
+def capped_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     caps = _caps()
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("dp") / "run"
     table = "{" + ", ".join(f'"{h}" = {c}' for h, c in caps.items()) + "}"
     code = main(["simulate", CI, *sum([["--set", s] for s in BASE], []),
                  "--set", f"privacy.hospital_max_epsilon={table}", "--out", str(out), "--quiet"])
     assert code == 0
+    return out, caps
+
+
+def test_hospitals_stop_at_their_cap_and_the_run_ends_cleanly(capped_run):
+    out, caps = capped_run
     res = json.loads((out / "results.json").read_text())
     rounds = {r["round"]: r for r in res["history"]["rounds"]}
     assert set(rounds[1]["train"]) == set(caps)
@@ -61,3 +69,33 @@ def test_hospitals_stop_at_their_cap_and_the_run_ends_cleanly(tmp_path):
             if hospital in rnd["train"]:
                 assert "train-loss" not in rnd["train"][hospital]
                 assert rnd["train"][hospital]["epsilon"] == pytest.approx(rows[rnd["round"] - 1].epsilon)
+
+
+def test_audit_recomputes_every_ledger_and_reports_remaining_budget(capped_run, tmp_path, capsys):
+    out, caps = capped_run
+    ledgers = sorted(str(p) for p in (out / "ledgers").glob("*.sqlite"))
+    assert main(["audit", *ledgers, "--out", str(tmp_path / "audit")]) == 0
+    text = capsys.readouterr().out
+    assert text.count("; ok") == len(caps) and "MISMATCH" not in text
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    for r in report:
+        assert r["max_epsilon"] == pytest.approx(caps[r["hospital"]])
+        assert r["remaining"] == pytest.approx(caps[r["hospital"]] - r["epsilon"]) and r["remaining"] >= 0
+    assert (tmp_path / "audit" / "audit.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("tamper", ["UPDATE spend SET epsilon = epsilon * 0.5 WHERE id = 2",
+                                    "UPDATE spend SET sigma = sigma * 3 WHERE id = 1"])
+def test_audit_flags_a_tampered_ledger(capped_run, tmp_path, capsys, tamper):
+    out, _ = capped_run
+    ledger = tmp_path / "hospital-02.sqlite"
+    shutil.copy(out / "ledgers" / "hospital-02.sqlite", ledger)
+    for suffix in ("-wal", "-shm"):
+        src = out / "ledgers" / f"hospital-02.sqlite{suffix}"
+        if src.exists():
+            shutil.copy(src, tmp_path / f"hospital-02.sqlite{suffix}")
+    db = sqlite3.connect(ledger)  # a tamperer goes around the append-only triggers
+    db.executescript(f"DROP TRIGGER spend_no_update; {tamper};")
+    db.close()
+    assert main(["audit", str(ledger), "--out", str(tmp_path / "audit")]) == 1
+    assert "MISMATCH" in capsys.readouterr().out

@@ -17,7 +17,8 @@ CI = Path(__file__).resolve().parents[1] / "configs" / "ci.toml"
 
 def _row(ledger: PrivacyLedger, round: int, eps: float) -> None:
     ledger.record(run_id="r1", round=round, hospital="h", algorithm="maml", mechanism="record:episode-clipping",
-                  sigma=1.0, sample_rate=0.1, steps=2, max_grad_norm=1.0, delta=1e-5, accountant="rdp", epsilon=eps)
+                  sigma=1.0, sample_rate=0.1, steps=2, max_grad_norm=1.0, delta=1e-5, accountant="rdp", epsilon=eps,
+                  max_epsilon=10.0)
 
 
 def test_rows_cannot_be_changed_or_removed(tmp_path):

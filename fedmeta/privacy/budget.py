@@ -51,4 +51,4 @@ class HospitalBudget:
         self.ledger.record(run_id=run_id, round=round, hospital=self.hospital, algorithm=self.cfg.meta.algorithm,
                            mechanism=p.mechanism, sigma=p.sigma, sample_rate=p.sample_rate,
                            steps=p.steps_per_round, max_grad_norm=p.max_grad_norm, delta=p.delta,
-                           accountant=p.accountant, epsilon=epsilon_after)
+                           accountant=p.accountant, epsilon=epsilon_after, max_epsilon=p.max_epsilon)

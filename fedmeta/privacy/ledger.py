@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS spend (
     delta         REAL    NOT NULL,
     accountant    TEXT    NOT NULL,
     epsilon       REAL    NOT NULL,
+    max_epsilon   REAL    NOT NULL,
     recorded_at   TEXT    NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS spend_no_update BEFORE UPDATE ON spend
@@ -58,6 +59,7 @@ class LedgerRow:
     delta: float
     accountant: str
     epsilon: float
+    max_epsilon: float
     recorded_at: str
 
     @property
@@ -94,15 +96,16 @@ class PrivacyLedger:
 
     def record(self, *, run_id: str, round: int, hospital: str, algorithm: str, mechanism: str, sigma: float,
                sample_rate: float, steps: int, max_grad_norm: float, delta: float, accountant: str,
-               epsilon: float) -> None:
+               epsilon: float, max_epsilon: float) -> None:
         """Append one spend and make it durable before returning."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
                 "INSERT INTO spend (run_id, round, hospital, algorithm, mechanism, sigma, sample_rate, steps, "
-                "max_grad_norm, delta, accountant, epsilon, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "max_grad_norm, delta, accountant, epsilon, max_epsilon, recorded_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, round, hospital, algorithm, mechanism, sigma, sample_rate, steps, max_grad_norm, delta,
-                 accountant, epsilon, now),
+                 accountant, epsilon, max_epsilon, now),
             )
             db.execute("COMMIT")
