@@ -79,13 +79,14 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     with (out_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["round", "hospital", "role", "auc", "accuracy", "train_loss", "failed"])
+        w.writerow(["round", "hospital", "role", "auc", "accuracy", "auc_unadapted", "train_loss", "failed"])
         for r in history.rounds:
             for h, role in history.hospitals.items():
                 if h in r.eval or h in r.train or h in r.failed:
                     ev = r.eval.get(h, {})
                     w.writerow([r.round, h, role, ev.get("auc", ""), ev.get("accuracy", ""),
-                                r.train.get(h, {}).get("train-loss", ""), r.failed.get(h, "")])
+                                ev.get("auc_unadapted", ""), r.train.get(h, {}).get("train-loss", ""),
+                                r.failed.get(h, "")])
     torch.save(model.state_dict(), out_dir / "model.pt")
     title = f"{cfg.meta.algorithm}, seed {cfg.seed}"
     plot_metric(history, "auc", out_dir / "auc_per_round.png", title)

@@ -61,7 +61,7 @@ def test_evaluate_reply_is_scalar_metrics(setup):
     reply = _send(app, MessageType.EVALUATE, params, partition=4)
     assert set(reply.content.keys()) == {"metrics"}
     m = reply.content["metrics"]
-    assert 0 <= m["auc"] <= 1 and m["held-out"] == 1
+    assert 0 <= m["auc"] <= 1 and 0 <= m["auc-unadapted"] <= 1 and m["held-out"] == 1
 
 
 @pytest.mark.parametrize("kind", [MessageType.TRAIN, MessageType.EVALUATE])

@@ -123,3 +123,17 @@ def test_records_reject_parameters_that_do_not_fit_the_model():
         record_to_params(params_to_record(bad), PARAMS)
     ok = record_to_params(params_to_record(PARAMS), PARAMS)
     torch.testing.assert_close(ok["w"], PARAMS["w"])
+
+
+def test_malformed_evaluation_replies_are_dropped(tmp_path):
+    strategy = _strategy(tmp_path)
+
+    def ev(node: int, metrics: dict) -> Message:
+        sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.EVALUATE)
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=sent)
+
+    good = {"auc": 0.8, "accuracy": 0.7, "auc-unadapted": 0.75, "num-examples": 10}
+    agg = strategy.aggregate_evaluate(1, [ev(11, good), ev(22, {"auc": 0.9, "num-examples": 10}),
+                                          ev(33, {**good, "auc": float("nan")})])
+    assert set(strategy.history.round(1).eval) == {"hospital-a"}
+    assert agg["mean-auc"] == pytest.approx(0.8)

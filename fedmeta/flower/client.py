@@ -21,7 +21,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.data.episodes import EpisodeSampler
 from fedmeta.data.hospital import Hospital
 from fedmeta.data.sources import load_federation
-from fedmeta.evaluation import evaluate_few_shot
+from fedmeta.evaluation import evaluate_few_shot, score_params
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
 from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, HELD_OUT
 from fedmeta.flower.run_config import config_from_run_config
@@ -162,10 +162,12 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         server_round = int(msg.content["config"].get("server-round", 0))
         score = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
                                   seed=cfg.seed, device=site.device)
+        unadapted = score_params(model, params, site.hospital, site.device)
         metrics = MetricRecord({
             "num-examples": int(site.hospital.y_test.shape[0]),
             "auc": score.auc,
             "accuracy": score.accuracy,
+            "auc-unadapted": unadapted.auc,
             "held-out": int(site.held_out),
             "server-round": server_round,
         })

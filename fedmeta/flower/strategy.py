@@ -154,8 +154,16 @@ class FedMeta(FedAvg):
             if msg.has_error():
                 log.warning("round %d: evaluation failed at hospital %s: %s", server_round, hospital, msg.error.reason)
                 continue
-            m = msg.content["metrics"]
-            rec.eval[hospital] = {"auc": float(m["auc"]), "accuracy": float(m["accuracy"])}  # type: ignore[arg-type]
+            try:
+                m = msg.content["metrics"]
+                scores = {"auc": float(m["auc"]), "accuracy": float(m["accuracy"]),  # type: ignore[arg-type]
+                          "auc_unadapted": float(m["auc-unadapted"])}  # type: ignore[arg-type]
+                if not all(0.0 <= v <= 1.0 for v in scores.values()):
+                    raise ValueError(f"metrics outside [0, 1]: {scores}")
+            except (KeyError, TypeError, ValueError) as err:
+                log.warning("round %d: dropped the evaluation of hospital %s: %s", server_round, hospital, err)
+                continue
+            rec.eval[hospital] = scores
         self._end_round(server_round)
         if not rec.eval:
             return None
