@@ -93,6 +93,7 @@ def _plot(reports: list[LedgerReport], path: Path) -> None:
         if math.isfinite(rep.max_epsilon):
             ax.axhline(rep.max_epsilon, ls=":", lw=1, color=line.get_color())
     ax.set_xlabel("ledger entry (training round)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("epsilon (recomputed)")
     ax.set_title("privacy spent per hospital (dotted: cap, red x: mismatching row)")
     ax.grid(alpha=0.3)
