@@ -72,8 +72,43 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"comparison: {out}/comparison.json, {out}/comparison.md")
 
 
+def _empirical_audit(args: argparse.Namespace) -> int:
+    from fedmeta.data.sources import load_federation
+    from fedmeta.privacy.audit_run import run_empirical_audit
+    from fedmeta.simulation import simulate
+
+    overrides = list(args.set or [])
+    if args.canaries is not None:
+        overrides.append(f"audit.canaries={args.canaries}")
+    if args.hospital:
+        overrides.append(f'audit.hospital="{args.hospital}"')
+    cfg = load_config(args.empirical, overrides, args.data_dir)
+    if not cfg.audit.hospital:
+        first = load_federation(cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"canaries": 0})}))
+        held = set(cfg.data.held_out)
+        cfg = cfg.model_copy(update={"audit": cfg.audit.model_copy(
+            update={"hospital": next(h for h in first.names if h not in held)})})
+    load_federation(cfg)
+    out = Path(args.out) if args.out else Path("runs") / f"empirical-audit-{datetime.now():%Y%m%d-%H%M%S}"
+    with staged_output_dir(out) as stage:
+        rep = run_empirical_audit(cfg, stage, simulate_fn=lambda c, d: simulate(c, d, progress=not args.quiet))
+    print(f"hospital {rep['hospital']}: {rep['correct']} of {rep['guesses']} guesses correct on "
+          f"{rep['canaries']} canaries ({rep['included']} inserted)")
+    print(f"empirical epsilon lower bound (95%): {rep['epsilon_lower_bound']:.3f}   "
+          f"accountant epsilon: {rep['epsilon_claimed']:.3f}   delta {rep['delta']:.2e}")
+    print("consistent with the accountant" if rep["consistent"] else
+          "LOWER BOUND ABOVE THE CLAIMED EPSILON: the privacy accounting or noise is wrong")
+    print(f"report: {out}/empirical_audit.json")
+    return 0 if rep["consistent"] else 1
+
+
 def _audit(args: argparse.Namespace) -> int:
     from fedmeta.privacy.ledger_audit import audit_ledger, write_audit
+
+    if args.empirical:
+        return _empirical_audit(args)
+    if not args.ledgers:
+        raise FedMetaError("audit: give ledger files, or --empirical CONFIG")
 
     reports = [audit_ledger(p) for p in args.ledgers]
     print(f"{'hospital':<16} {'rounds':>6} {'epsilon':>9} {'cap':>8} {'remaining':>9}  mechanisms / check")
@@ -116,8 +151,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.set_defaults(func=_compare)
     a = sub.add_parser("audit", help="recompute and report the privacy spent in hospitals' ledgers")
-    a.add_argument("ledgers", nargs="+", help="ledger files (<out>/ledgers/<hospital>.sqlite)")
+    a.add_argument("ledgers", nargs="*", help="ledger files (<out>/ledgers/<hospital>.sqlite)")
     a.add_argument("--out", help="report directory (default runs/audit-<time>)")
+    a.add_argument("--empirical", metavar="CONFIG", help="run a one-run canary audit of CONFIG instead")
+    a.add_argument("--canaries", type=int, help="number of canaries (sets audit.canaries)")
+    a.add_argument("--hospital", help="hospital to insert the canaries into (default: the first training one)")
+    a.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    a.add_argument("--data-dir", help="directory with the data of a csv / uci-heart config")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=_audit)
     return p
 

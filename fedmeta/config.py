@@ -25,6 +25,7 @@ __all__ = [
     "EvalConfig",
     "LocalConfig",
     "PrivacyConfig",
+    "AuditConfig",
     "ExperimentConfig",
     "load_config",
     "apply_overrides",
@@ -160,6 +161,20 @@ class PrivacyConfig(_Section):
         return self
 
 
+class AuditConfig(_Section):
+    """Canaries for the one-run empirical privacy audit (``fedmeta audit --empirical``).
+
+    ``canaries`` records are drawn from the audit seed; each is inserted into ``hospital``'s train
+    split with probability 1/2. 0 = no audit (the normal case).
+    """
+
+    canaries: int = Field(0, ge=0)
+    hospital: str = ""
+    seed: int = 0
+    # Large, so that a canary dominates the clipped gradient of the episode it lands in.
+    canary_norm: float = Field(50.0, gt=0, description="feature norm of a canary (standardised units)")
+
+
 class ExperimentConfig(_Section):
     """A whole run."""
 
@@ -172,6 +187,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

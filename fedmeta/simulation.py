@@ -31,8 +31,13 @@ def _quiet_flower() -> None:
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
-def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run ``cfg`` on Ray and return the parsed ``results.json`` written into ``out_dir``."""
+def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True,
+             _noise_scale: float = 1.0) -> dict[str, Any]:
+    """Run ``cfg`` on Ray and return the parsed ``results.json`` written into ``out_dir``.
+
+    ``_noise_scale`` multiplies the DP noise; anything but 1 breaks the privacy guarantee and
+    exists only for tests that check the empirical audit catches a wrong constant.
+    """
     _quiet_flower()
     fed = load_federation(cfg)  # bad data fails here, before Ray starts
     # Imported late: Flower and Ray are heavy and the CLI validates input before paying for them.
@@ -53,7 +58,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True) -> 
               f"{cfg.meta.algorithm}, {cfg.federation.rounds} rounds, seed {cfg.seed}", file=sys.stderr, flush=True)
     run_simulation(
         server_app=build_server_app(cfg, out_dir, expected_nodes=n, progress=progress),
-        client_app=build_client_app(cfg, ledger_dir=out_dir / "ledgers"),
+        client_app=build_client_app(cfg, ledger_dir=out_dir / "ledgers", _noise_scale=_noise_scale),
         num_supernodes=n,
         backend_config=backend_config,  # type: ignore[arg-type]
     )

@@ -72,7 +72,8 @@ def _float_or_none(value: object) -> float | None:
     return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
 
 
-def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | None = None) -> ClientApp:
+def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | None = None,
+                     _noise_scale: float = 1.0) -> ClientApp:
     """A ClientApp for ``config``, or for the config named in the run config when ``None``.
 
     A hospital's privacy ledger is the node config's ``ledger`` path (deployment), else
@@ -129,7 +130,7 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
                 int(np.random.default_rng([cfg.seed, server_round, site.index, 1]).integers(2**62)))
             result: LocalResult = meta_train_privately(
                 model, params, site.hospital, cfg.meta, budget.plan, rng=rng, noise_generator=noise,
-                secure_mode=cfg.privacy.secure_mode, device=site.device)
+                secure_mode=cfg.privacy.secure_mode, device=site.device, noise_scale=_noise_scale)
             budget.commit(run_id=str(context.run_id), round=server_round, epsilon_after=decision.epsilon_after)
             privacy = {"epsilon": decision.epsilon_after, "delta": budget.plan.delta,
                        "noise-multiplier": budget.plan.sigma}

@@ -9,6 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from tqdm import tqdm
@@ -95,6 +96,8 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     except FederationStopped as stop:
         log.warning("%s", stop)
     bar.close()
+    if strategy.audit_trace:
+        torch.save(strategy.audit_trace, out_dir / "audit_trace.pt")
     model.load_state_dict(strategy.optimizer.current())
     write_run_outputs(
         out_dir, cfg=cfg, history=strategy.history, model=model,

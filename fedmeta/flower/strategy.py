@@ -68,6 +68,8 @@ class FedMeta(FedAvg):
         self._round_start = time.perf_counter()
         self.declined: set[int] = set()  # hospitals that reached their privacy cap
         self.stop_reason = ""
+        # What the audited hospital released each round, and the model it was sent (audit runs only).
+        self.audit_trace: list[dict] = []
 
     # -- training ------------------------------------------------------------------------------
     def configure_train(
@@ -123,6 +125,10 @@ class FedMeta(FedAvg):
             log.warning("round %d: no usable reply; the global model is unchanged", server_round)
             self._save_checkpoint(server_round)
             return None, None
+        if self.cfg.audit.canaries:
+            sent = self.optimizer.current()
+            self.audit_trace += [{"round": server_round, "theta": sent, "update": a[1]}
+                                 for a in accepted if a[0] == self.cfg.audit.hospital]
         total = sum(a[2] for a in accepted)
         names = accepted[0][1].keys()
         meta_update = {k: sum(a[1][k] * (a[2] / total) for a in accepted) for k in names}

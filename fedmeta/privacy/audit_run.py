@@ -1,0 +1,56 @@
+"""``fedmeta audit --empirical``: run the federation once with canaries, then bound epsilon from
+below and set it next to the accountant's epsilon for the audited hospital."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmeta.config import ExperimentConfig
+from fedmeta.data.sources import load_federation, training_hospitals
+from fedmeta.errors import FedMetaError
+from fedmeta.models import build_model
+from fedmeta.privacy.accounting import default_delta
+from fedmeta.privacy.canaries import make_canaries
+from fedmeta.privacy.empirical_audit import audit_outcome, canary_scores
+from fedmeta.privacy.ledger import PrivacyLedger
+
+__all__ = ["run_empirical_audit"]
+
+
+def run_empirical_audit(cfg: ExperimentConfig, out_dir: Path,
+                        simulate_fn: Callable[[ExperimentConfig, Path], dict[str, Any]],
+                        guess_fraction: float = 0.2) -> dict[str, Any]:
+    if cfg.audit.canaries < 10:
+        raise FedMetaError("audit.canaries: an empirical audit needs at least 10 canaries")
+    fed = load_federation(cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"canaries": 0})}))
+    if cfg.audit.hospital not in training_hospitals(fed, cfg):
+        raise FedMetaError(f"audit.hospital: {cfg.audit.hospital!r} is not a training hospital")
+    run_dir = out_dir / "run"
+    simulate_fn(cfg, run_dir)
+    trace_path = run_dir / "audit_trace.pt"
+    trace = torch.load(trace_path) if trace_path.is_file() else []
+    canaries = make_canaries(cfg.audit, fed.n_features)
+    model = build_model(cfg.model, fed.n_features, cfg.seed)
+    scores = canary_scores(model, trace, canaries)
+    ledger_path = run_dir / "ledgers" / f"{cfg.audit.hospital}.sqlite"
+    rows = PrivacyLedger(ledger_path).rows() if ledger_path.is_file() else []
+    n_train = fed.get(cfg.audit.hospital).n_train + int(canaries.included.sum())
+    delta = rows[-1].delta if rows else default_delta(n_train)
+    claimed = rows[-1].epsilon if rows else math.inf
+    outcome = audit_outcome(scores, canaries.included, guess_fraction=guess_fraction, delta=delta)
+    report = {
+        "hospital": cfg.audit.hospital,
+        "privacy_mode": cfg.privacy.mode,
+        "rounds_released": len(trace),
+        "epsilon_claimed": claimed,
+        **outcome.to_dict(),
+        "consistent": outcome.epsilon_lower_bound <= claimed,
+    }
+    (out_dir / "empirical_audit.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
