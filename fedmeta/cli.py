@@ -84,7 +84,7 @@ def _empirical_audit(args: argparse.Namespace) -> int:
         overrides.append(f'audit.hospital="{args.hospital}"')
     cfg = load_config(args.empirical, overrides, args.data_dir)
     if not cfg.audit.hospital:
-        first = load_federation(cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"canaries": 0})}))
+        first = load_federation(cfg)
         held = set(cfg.data.held_out)
         cfg = cfg.model_copy(update={"audit": cfg.audit.model_copy(
             update={"hospital": next(h for h in first.names if h not in held)})})

@@ -164,15 +164,13 @@ class PrivacyConfig(_Section):
 class AuditConfig(_Section):
     """Canaries for the one-run empirical privacy audit (``fedmeta audit --empirical``).
 
-    ``canaries`` records are drawn from the audit seed; each is inserted into ``hospital``'s train
-    split with probability 1/2. 0 = no audit (the normal case).
+    ``canaries`` gradient canaries, drawn from the audit seed, join ``hospital``'s training as
+    records would, each with probability 1/2. 0 = no audit (the normal case).
     """
 
     canaries: int = Field(0, ge=0)
     hospital: str = ""
     seed: int = 0
-    # Large, so that a canary dominates the clipped gradient of the episode it lands in.
-    canary_norm: float = Field(50.0, gt=0, description="feature norm of a canary (standardised units)")
 
 
 class ExperimentConfig(_Section):

@@ -134,3 +134,26 @@ def test_console_script_exit_code_and_single_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "server.lr: Input should be greater than 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--canaries", "5000"], "audit.canaries: 5000 gradient canaries need as many model parameters"),
+    (["--canaries", "50", "--hospital", "nowhere"], "audit.hospital: 'nowhere' is not a training hospital"),
+    (["--canaries", "3"], "audit.canaries: an empirical audit needs at least 10 canaries"),
+])
+def test_empirical_audit_bad_input(extra, expected, capsys, tmp_path):
+    out = tmp_path / "audit"
+    code = main(["audit", "--empirical", str(ROOT / "configs" / "ci.toml"), *extra, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_ledger_audit_bad_input(capsys, tmp_path):
+    assert main(["audit", str(tmp_path / "missing.sqlite"), "--out", str(tmp_path / "a")]) == 2
+    assert "missing.sqlite: ledger not found" in capsys.readouterr().err
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database")
+    assert main(["audit", str(junk), "--out", str(tmp_path / "a")]) == 2
+    assert "junk.sqlite: not a privacy ledger" in capsys.readouterr().err
+    assert main(["audit", "--out", str(tmp_path / "a")]) == 2
+    assert not (tmp_path / "a").exists()

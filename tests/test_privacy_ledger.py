@@ -55,3 +55,15 @@ def test_the_cap_comes_from_the_hospital(tmp_path):
                             max_epsilon=0.01)  # node config beats the run config
     decision = budget.decide()
     assert not decision.allowed and "declines to train" in decision.reason and "cap 0.01" in decision.reason
+
+
+def test_the_auditor_reads_without_writing(tmp_path):
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE unrelated (x INTEGER)")
+    db.commit()
+    db.close()
+    before = other.read_bytes()
+    with pytest.raises(sqlite3.DatabaseError):
+        PrivacyLedger.read_only(other)
+    assert other.read_bytes() == before

@@ -57,23 +57,11 @@ def _load_cached(cfg_json: str) -> Federation:
         if name not in names:
             raise FedMetaError(f"data.held_out: unknown hospital {name!r} (hospitals: {', '.join(names)})")
     hospitals = [preprocess_site(s, cfg.data.test_fraction, cfg.seed) for s in sites]
-    if cfg.audit.canaries:
-        hospitals = _with_canaries(hospitals, cfg, len(feature_names))
     fed = Federation(hospitals=tuple(hospitals), feature_names=tuple(feature_names))
     _check_shots(fed, cfg)
     if len(training_hospitals(fed, cfg)) < 1:
         raise FedMetaError("data.held_out: every hospital is held out; at least one must train")
     return fed
-
-
-def _with_canaries(hospitals: list, cfg: ExperimentConfig, n_features: int) -> list:
-    from fedmeta.privacy.canaries import insert_canaries, make_canaries
-
-    names = [h.name for h in hospitals]
-    if cfg.audit.hospital not in names:
-        raise FedMetaError(f"audit.hospital: unknown hospital {cfg.audit.hospital!r} (hospitals: {', '.join(names)})")
-    canaries = make_canaries(cfg.audit, n_features)
-    return [insert_canaries(h, canaries) if h.name == cfg.audit.hospital else h for h in hospitals]
 
 
 def load_federation(cfg: ExperimentConfig) -> Federation:

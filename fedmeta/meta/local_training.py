@@ -7,6 +7,7 @@ a gradient for its own meta-optimizer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,16 +30,20 @@ class LocalResult:
 
 
 def meta_train_locally(
-    model: nn.Module, global_params: Params, sampler: EpisodeSampler, cfg: MetaConfig, rng: np.random.Generator
+    model: nn.Module, global_params: Params, sampler: EpisodeSampler, cfg: MetaConfig, rng: np.random.Generator,
+    episode_hook: Callable[[Params], Params] | None = None,
 ) -> LocalResult:
+    """``episode_hook`` may alter the per-episode gradients of each step (audit canaries only)."""
     algorithm = get_algorithm(cfg.algorithm)
     inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr)
     params = {k: v.detach().clone() for k, v in global_params.items()}
     losses = []
     for _ in range(cfg.outer_steps):
         batch = sampler.sample(cfg.meta_batch, rng)
-        grads, loss = algorithm.meta_gradient(model, params, batch, inner)
-        params = {k: params[k] - cfg.outer_lr * grads[k] for k in params}
-        losses.append(float(loss))
+        per_episode, loss = algorithm.episode_gradients(model, params, batch, inner)
+        if episode_hook is not None:
+            per_episode = episode_hook(per_episode)
+        params = {k: params[k] - cfg.outer_lr * per_episode[k].mean(0) for k in params}
+        losses.append(float(loss.mean()))
     update = {k: (global_params[k] - params[k]).detach() for k in params}
     return LocalResult(update=update, train_loss=float(np.mean(losses)), episodes=cfg.outer_steps * cfg.meta_batch)

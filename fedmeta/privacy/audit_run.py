@@ -28,20 +28,24 @@ def run_empirical_audit(cfg: ExperimentConfig, out_dir: Path,
                         guess_fraction: float = 0.2) -> dict[str, Any]:
     if cfg.audit.canaries < 10:
         raise FedMetaError("audit.canaries: an empirical audit needs at least 10 canaries")
-    fed = load_federation(cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"canaries": 0})}))
+    fed = load_federation(cfg)
     if cfg.audit.hospital not in training_hospitals(fed, cfg):
-        raise FedMetaError(f"audit.hospital: {cfg.audit.hospital!r} is not a training hospital")
+        raise FedMetaError(f"audit.hospital: {cfg.audit.hospital!r} is not a training hospital "
+                           f"(training hospitals: {', '.join(training_hospitals(fed, cfg))})")
+    model = build_model(cfg.model, fed.n_features, cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    if cfg.audit.canaries > n_params:
+        raise FedMetaError(f"audit.canaries: {cfg.audit.canaries} gradient canaries need as many model parameters; "
+                           f"the model has {n_params} (use fewer canaries or a larger model.hidden)")
     run_dir = out_dir / "run"
     simulate_fn(cfg, run_dir)
     trace_path = run_dir / "audit_trace.pt"
     trace = torch.load(trace_path) if trace_path.is_file() else []
-    canaries = make_canaries(cfg.audit, fed.n_features)
-    model = build_model(cfg.model, fed.n_features, cfg.seed)
-    scores = canary_scores(model, trace, canaries)
+    canaries = make_canaries(cfg.audit, n_params)
+    scores = canary_scores(trace, canaries)
     ledger_path = run_dir / "ledgers" / f"{cfg.audit.hospital}.sqlite"
-    rows = PrivacyLedger(ledger_path).rows() if ledger_path.is_file() else []
-    n_train = fed.get(cfg.audit.hospital).n_train + int(canaries.included.sum())
-    delta = rows[-1].delta if rows else default_delta(n_train)
+    rows = PrivacyLedger.read_only(ledger_path) if ledger_path.is_file() else []
+    delta = rows[-1].delta if rows else default_delta(fed.get(cfg.audit.hospital).n_train)
     claimed = rows[-1].epsilon if rows else math.inf
     outcome = audit_outcome(scores, canaries.included, guess_fraction=guess_fraction, delta=delta)
     report = {

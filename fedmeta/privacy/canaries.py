@@ -1,41 +1,53 @@
-"""Canary records for the one-run audit (Steinke, Nasr, Jagielski 2023).
+"""Gradient canaries for the one-run audit (Steinke, Nasr, Jagielski 2023, white-box setting).
 
-Canaries are random records of large feature norm with random labels, drawn from the audit seed;
-each is included in the audited hospital's train split with probability 1/2, independently. The
-auditor knows every canary and its coin; the hospital trains on whatever its split holds.
+Low-dimensional tabular records make poor canaries: their gradients overlap, so no single one can
+be told apart. A gradient canary is a record whose loss gradient is a Dirac vector ``C * e_j`` on
+its own parameter coordinate ``j`` (no two canaries share one). Each canary is "in" with
+probability 1/2 (the auditor's secret coin); an "in" canary is then treated exactly like a record
+of the audited hospital: Poisson-sampled with the hospital's rate ``q`` at every outer step, put
+into a uniformly random episode slot, and its gradient added to that slot's before clipping.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from fedmeta.config import AuditConfig
-from fedmeta.data.hospital import Hospital
+from fedmeta.meta.functional import Params
 
-__all__ = ["Canaries", "make_canaries", "insert_canaries"]
+__all__ = ["GradientCanaries", "make_canaries", "add_canaries"]
 
 
 @dataclass(frozen=True)
-class Canaries:
-    x: np.ndarray  # (m, d) float32
-    y: np.ndarray  # (m,) float32
+class GradientCanaries:
+    coords: np.ndarray  # (m,) distinct flat parameter indices
     included: np.ndarray  # (m,) bool: the auditor's secret coins
 
 
-def make_canaries(cfg: AuditConfig, n_features: int) -> Canaries:
+def make_canaries(cfg: AuditConfig, n_params: int) -> GradientCanaries:
+    if cfg.canaries > n_params:
+        raise ValueError(f"{cfg.canaries} canaries need as many parameters; the model has {n_params}")
     rng = np.random.default_rng([cfg.seed, 31_337])
-    x = rng.normal(size=(cfg.canaries, n_features))
-    x *= cfg.canary_norm / np.linalg.norm(x, axis=1, keepdims=True)
-    y = (rng.uniform(size=cfg.canaries) < 0.5).astype(np.float32)
-    included = rng.uniform(size=cfg.canaries) < 0.5
-    return Canaries(x.astype(np.float32), y, included)
+    return GradientCanaries(coords=rng.choice(n_params, size=cfg.canaries, replace=False),
+                            included=rng.uniform(size=cfg.canaries) < 0.5)
 
 
-def insert_canaries(hospital: Hospital, canaries: Canaries) -> Hospital:
-    """The hospital with its included canaries appended to its train split."""
-    keep = canaries.included
-    return replace(hospital,
-                   x_train=np.concatenate([hospital.x_train, canaries.x[keep]]),
-                   y_train=np.concatenate([hospital.y_train, canaries.y[keep]]))
+def add_canaries(episode_grads: Params, canaries: GradientCanaries, *, sample_rate: float, magnitude: float,
+                 rng: np.random.Generator) -> Params:
+    """Per-episode gradients with this step's sampled "in" canaries added to random slots."""
+    names = list(episode_grads)
+    m = episode_grads[names[0]].shape[0]
+    flat = torch.cat([episode_grads[k].reshape(m, -1) for k in names], dim=1).clone()
+    members = canaries.coords[canaries.included]
+    sampled = members[rng.uniform(size=len(members)) < sample_rate]
+    slots = rng.integers(0, m, size=len(sampled))
+    flat[torch.as_tensor(slots), torch.as_tensor(sampled)] += magnitude
+    out, offset = {}, 0
+    for k in names:
+        n = episode_grads[k][0].numel()
+        out[k] = flat[:, offset:offset + n].reshape(episode_grads[k].shape)
+        offset += n
+    return out

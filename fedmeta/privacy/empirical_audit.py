@@ -1,10 +1,10 @@
 """One-run empirical privacy audit (Steinke, Nasr, Jagielski 2023, "Privacy Auditing with One (1)
 Training Run").
 
-``m`` canaries are each inserted into one hospital with probability 1/2; the federation runs once.
-The auditor sees what that hospital released each round (its meta-update) and the model it was
-sent, and scores each canary white-box: the sum over rounds of the update's projection on the
-canary's own loss gradient. It guesses "in" for the ``k`` highest scores and "out" for the ``k``
+``m`` gradient canaries (``fedmeta.privacy.canaries``) each join one hospital's records with
+probability 1/2; the federation runs once. The auditor sees what that hospital released each round
+(its meta-update) and scores each canary white-box: the sum over rounds of the update's coordinate
+on the canary's own Dirac direction. It guesses "in" for the ``k`` highest scores and "out" for the ``k``
 lowest. With ``v`` correct of ``r`` guesses, any (ε, δ)-DP mechanism gives
 ``P[correct >= v] <= P[Bin(r, e^ε/(1+e^ε)) >= v] + 2mδ·α`` (the paper's Theorem 3.1, with its
 α term); the lower bound is the largest ε whose p-value is below 1 − confidence.
@@ -18,10 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.stats
 import torch
-from torch import nn
 
-from fedmeta.meta.functional import Params, episode_losses, per_episode_copies
-from fedmeta.privacy.canaries import Canaries
+from fedmeta.privacy.canaries import GradientCanaries
 
 __all__ = ["p_value", "epsilon_lower_bound", "canary_scores", "AuditOutcome", "audit_outcome"]
 
@@ -58,25 +56,14 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, confidence: float 
     return lo
 
 
-def _canary_gradients(model: nn.Module, theta: Params, canaries: Canaries) -> torch.Tensor:
-    """Each canary's loss gradient at ``theta``, flattened: ``(m, n_params)``."""
-    m = len(canaries.y)
-    copies = per_episode_copies(theta, m)
-    x = torch.as_tensor(canaries.x)[:, None, :]
-    y = torch.as_tensor(canaries.y)[:, None]
-    with torch.enable_grad():
-        grads = torch.autograd.grad(episode_losses(model, copies, x, y).sum(), list(copies.values()))
-    return torch.cat([g.reshape(m, -1) for g in grads], dim=1)
-
-
-def canary_scores(model: nn.Module, trace: list[dict], canaries: Canaries) -> np.ndarray:
-    """Sum over released rounds of <update, g_c> / ||g_c|| (higher = more likely trained on)."""
-    scores = torch.zeros(len(canaries.y), dtype=torch.float64)
+def canary_scores(trace: list[dict], canaries: GradientCanaries) -> np.ndarray:
+    """Sum over released rounds of the update's coordinate on each canary's Dirac direction
+    (higher = more likely trained on: the update is the learning rate times the summed gradients)."""
+    scores = np.zeros(len(canaries.coords))
     for rec in trace:
-        g = _canary_gradients(model, rec["theta"], canaries).double()
-        update = torch.cat([rec["update"][k].reshape(-1) for k in rec["theta"]]).double()
-        scores += (g @ update) / g.norm(dim=1).clamp_min(1e-12)
-    return scores.numpy()
+        update = torch.cat([rec["update"][k].reshape(-1) for k in rec["theta"]]).double().numpy()
+        scores += update[canaries.coords]
+    return scores
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,16 @@ class PrivacyLedger:
         finally:
             db.close()
 
+    @staticmethod
+    def read_only(path: str | Path) -> list[LedgerRow]:
+        """The rows of an existing ledger, opened read-only (an auditor must not write to it)."""
+        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            cur = db.execute(f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM spend ORDER BY id")
+            return [LedgerRow(*r) for r in cur.fetchall()]
+        finally:
+            db.close()
+
     def rows(self) -> list[LedgerRow]:
         with self._connect() as db:
             cur = db.execute(f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM spend ORDER BY id")

@@ -62,7 +62,7 @@ def audit_ledger(path: str | Path) -> LedgerReport:
     if not path.is_file():
         raise FedMetaError(f"{path}: ledger not found")
     try:
-        rows = PrivacyLedger(path).rows()
+        rows = PrivacyLedger.read_only(path)
     except sqlite3.DatabaseError as err:
         raise FedMetaError(f"{path}: not a privacy ledger ({err})") from None
     checks = []

@@ -17,6 +17,7 @@ from fedmeta.data.hospital import Hospital
 from fedmeta.meta.algorithms import InnerLoop, get_algorithm
 from fedmeta.meta.functional import Params
 from fedmeta.meta.local_training import LocalResult
+from fedmeta.privacy.canaries import GradientCanaries, add_canaries
 from fedmeta.privacy.episode_sampling import PoissonEpisodeSampler
 from fedmeta.privacy.plan import PrivacyPlan
 from fedmeta.privacy.record_dp import RecordLevelDPStep
@@ -27,8 +28,9 @@ __all__ = ["meta_train_privately"]
 def meta_train_privately(
     model: nn.Module, global_params: Params, hospital: Hospital, cfg: MetaConfig, plan: PrivacyPlan, *,
     rng: np.random.Generator, noise_generator: torch.Generator | None, secure_mode: bool, device: torch.device,
-    noise_scale: float = 1.0,
+    noise_scale: float = 1.0, canaries: GradientCanaries | None = None,
 ) -> LocalResult:
+    """``canaries`` (audit runs only) join the hospital's records as gradient canaries."""
     algorithm = get_algorithm(cfg.algorithm)
     inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr)
     sampler = PoissonEpisodeSampler(hospital.x_train, hospital.y_train, sample_rate=plan.sample_rate,
@@ -40,6 +42,9 @@ def meta_train_privately(
     for _ in range(plan.steps_per_round):
         batch = sampler.sample(rng)
         grads, loss = algorithm.episode_gradients(model, dp.current(), batch, inner)
+        if canaries is not None:
+            grads = add_canaries(grads, canaries, sample_rate=plan.sample_rate, magnitude=plan.max_grad_norm,
+                                 rng=rng)
         dp.step(grads)
         losses.append(float(loss.mean()))
     local = dp.current()
