@@ -10,16 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmeta.config import ExperimentConfig
-from fedmeta.data.episodes import EpisodeSampler
 from fedmeta.data.hospital import Hospital
 from fedmeta.data.sources import load_federation
 from fedmeta.evaluation import evaluate_few_shot, score_params
@@ -27,10 +24,7 @@ from fedmeta.flower.records import RecordError, params_to_record, record_to_para
 from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, HELD_OUT
 from fedmeta.flower.run_config import config_from_run_config
 from fedmeta.meta.functional import Params, params_of
-from fedmeta.meta.local_training import LocalResult, meta_train_locally
-from fedmeta.privacy.budget import HospitalBudget
-from fedmeta.privacy.canaries import add_canaries, make_canaries
-from fedmeta.privacy.private_training import meta_train_privately
+from fedmeta.local_round import train_hospital_round
 from fedmeta.models import build_model, pick_device
 
 __all__ = ["build_client_app"]
@@ -117,38 +111,15 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
             return received
         model, params = received
         server_round = int(msg.content["config"].get("server-round", 0))
-        rng = np.random.default_rng([cfg.seed, server_round, site.index])
         t0 = time.perf_counter()
-        privacy: dict[str, float] = {}
-        canaries = None
-        if cfg.audit.canaries and site.hospital.name == cfg.audit.hospital:
-            canaries = make_canaries(cfg.audit, sum(p.numel() for p in params.values()))
-        if cfg.privacy.mode == "record":
-            budget = HospitalBudget(cfg, hospital=site.hospital.name, n_train=site.hospital.n_train,
-                                    ledger_path=ledger_path(site, context),
-                                    max_epsilon=_float_or_none(context.node_config.get("max-epsilon")))
-            decision = budget.decide()
-            if not decision.allowed:
-                log.warning(decision.reason)
-                return Message(Error(code=BUDGET_EXHAUSTED, reason=decision.reason), reply_to=msg)
-            noise = None if cfg.privacy.secure_mode else torch.Generator(device=site.device).manual_seed(
-                int(np.random.default_rng([cfg.seed, server_round, site.index, 1]).integers(2**62)))
-            result: LocalResult = meta_train_privately(
-                model, params, site.hospital, cfg.meta, budget.plan, rng=rng, noise_generator=noise,
-                secure_mode=cfg.privacy.secure_mode, device=site.device, noise_scale=_noise_scale,
-                canaries=canaries)
-            budget.commit(run_id=str(context.run_id), round=server_round, epsilon_after=decision.epsilon_after)
-            privacy = {"epsilon": decision.epsilon_after, "delta": budget.plan.delta,
-                       "noise-multiplier": budget.plan.sigma}
-        else:
-            sampler = EpisodeSampler(site.hospital.x_train, site.hospital.y_train, shots=cfg.meta.shots,
-                                     query=cfg.meta.query, device=site.device)
-            hook = None
-            if canaries is not None:
-                rate = min(1.0, cfg.meta.meta_batch * (2 * cfg.meta.shots + cfg.meta.query) / site.hospital.n_train)
-                hook = partial(add_canaries, canaries=canaries, sample_rate=rate,
-                               magnitude=cfg.privacy.max_grad_norm, rng=rng)
-            result = meta_train_locally(model, params, sampler, cfg.meta, rng, episode_hook=hook)
+        outcome = train_hospital_round(
+            cfg, site.hospital, site.index, model, params, server_round=server_round, run_id=str(context.run_id),
+            ledger_path=ledger_path(site, context), device=site.device, noise_scale=_noise_scale,
+            max_epsilon=_float_or_none(context.node_config.get("max-epsilon")))
+        if outcome.result is None:
+            log.warning(outcome.declined)
+            return Message(Error(code=BUDGET_EXHAUSTED, reason=outcome.declined), reply_to=msg)
+        result, privacy = outcome.result, outcome.privacy
         seconds = time.perf_counter() - t0
         log.info("hospital %s round %d: %s on %s in %.2fs", site.hospital.name, server_round,
                  cfg.meta.algorithm, site.device, seconds)

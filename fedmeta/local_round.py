@@ -1,0 +1,66 @@
+"""One hospital's training round, as its ClientApp runs it: private or not, budget first.
+
+Kept apart from Flower so that the order of operations a privacy officer cares about reads in one
+place: decide against the cap, train, commit the spend to the ledger, and only then return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmeta.config import ExperimentConfig
+from fedmeta.data.episodes import EpisodeSampler
+from fedmeta.data.hospital import Hospital
+from fedmeta.meta.functional import Params
+from fedmeta.meta.local_training import LocalResult, meta_train_locally
+from fedmeta.privacy.budget import HospitalBudget
+from fedmeta.privacy.canaries import add_canaries, make_canaries
+from fedmeta.privacy.private_training import meta_train_privately
+
+__all__ = ["RoundOutcome", "train_hospital_round"]
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    result: LocalResult | None  # None: the hospital declined
+    declined: str = ""
+    privacy: dict[str, float] = field(default_factory=dict)
+
+
+def train_hospital_round(
+    cfg: ExperimentConfig, hospital: Hospital, index: int, model: nn.Module, params: Params, *,
+    server_round: int, run_id: str, ledger_path: Path, max_epsilon: float | None, device: torch.device,
+    noise_scale: float = 1.0,
+) -> RoundOutcome:
+    rng = np.random.default_rng([cfg.seed, server_round, index])
+    canaries = None
+    if cfg.audit.canaries and hospital.name == cfg.audit.hospital:
+        canaries = make_canaries(cfg.audit, sum(p.numel() for p in params.values()))
+    if cfg.privacy.mode == "record":
+        budget = HospitalBudget(cfg, hospital=hospital.name, n_train=hospital.n_train, ledger_path=ledger_path,
+                                max_epsilon=max_epsilon)
+        decision = budget.decide()
+        if not decision.allowed:
+            return RoundOutcome(None, declined=decision.reason)
+        noise = None if cfg.privacy.secure_mode else torch.Generator(device=device).manual_seed(
+            int(np.random.default_rng([cfg.seed, server_round, index, 1]).integers(2**62)))
+        result = meta_train_privately(model, params, hospital, cfg.meta, budget.plan, rng=rng,
+                                      noise_generator=noise, secure_mode=cfg.privacy.secure_mode, device=device,
+                                      noise_scale=noise_scale, canaries=canaries)
+        budget.commit(run_id=run_id, round=server_round, epsilon_after=decision.epsilon_after)
+        return RoundOutcome(result, privacy={"epsilon": decision.epsilon_after, "delta": budget.plan.delta,
+                                             "noise-multiplier": budget.plan.sigma})
+    sampler = EpisodeSampler(hospital.x_train, hospital.y_train, shots=cfg.meta.shots, query=cfg.meta.query,
+                             device=device)
+    hook = None
+    if canaries is not None:
+        rate = min(1.0, cfg.meta.meta_batch * (2 * cfg.meta.shots + cfg.meta.query) / hospital.n_train)
+        hook = partial(add_canaries, canaries=canaries, sample_rate=rate, magnitude=cfg.privacy.max_grad_norm,
+                       rng=rng)
+    return RoundOutcome(meta_train_locally(model, params, sampler, cfg.meta, rng, episode_hook=hook))
