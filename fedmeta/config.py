@@ -136,14 +136,15 @@ class PrivacyConfig(_Section):
     """Differential privacy of what a hospital sends (see docs/privacy.md).
 
     ``record``: the unit is one patient record (per-episode clipping of meta-gradients, Poisson
-    sampling of records, Gaussian noise by Opacus' DPOptimizer). Give either ``noise_multiplier``
-    or ``target_epsilon`` (calibrated with Opacus for the planned rounds).
+    sampling of records, Gaussian noise by Opacus' DPOptimizer). ``client``: the unit is a hospital
+    (its meta-update clipped to ``max_grad_norm`` and noised). Give either ``noise_multiplier`` or
+    ``target_epsilon`` (calibrated with Opacus for the planned rounds).
     """
 
-    mode: Literal["none", "record"] = "none"
+    mode: Literal["none", "record", "client"] = "none"
     noise_multiplier: float = Field(0.0, ge=0, description="sigma; 0 = calibrate from target_epsilon")
     target_epsilon: float = Field(0.0, ge=0, description="epsilon after all planned rounds")
-    delta: float = Field(0.0, ge=0, lt=1, description="0 = 1 / (10 * n_train) of each hospital")
+    delta: float = Field(0.0, ge=0, lt=1, description="0 = min(1e-5, 0.1 / n_train) (record mode), 1e-5 (client)")
     max_grad_norm: float = Field(1.0, gt=0, description="clipping norm C")
     sample_rate: float = Field(0.0, ge=0, le=1, description="record sampling rate q; 0 = expected "
                                "meta-batch size / n_train")

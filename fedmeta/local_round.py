@@ -20,7 +20,8 @@ from fedmeta.data.hospital import Hospital
 from fedmeta.meta.functional import Params
 from fedmeta.meta.local_training import LocalResult, meta_train_locally
 from fedmeta.privacy.budget import HospitalBudget
-from fedmeta.privacy.canaries import add_canaries, make_canaries
+from fedmeta.privacy.canaries import GradientCanaries, add_canaries, make_canaries
+from fedmeta.privacy.client_dp import privatize_update
 from fedmeta.privacy.private_training import meta_train_privately
 
 __all__ = ["RoundOutcome", "train_hospital_round"]
@@ -42,7 +43,7 @@ def train_hospital_round(
     canaries = None
     if cfg.audit.canaries and hospital.name == cfg.audit.hospital:
         canaries = make_canaries(cfg.audit, sum(p.numel() for p in params.values()))
-    if cfg.privacy.mode == "record":
+    if cfg.privacy.mode != "none":
         budget = HospitalBudget(cfg, hospital=hospital.name, n_train=hospital.n_train, ledger_path=ledger_path,
                                 max_epsilon=max_epsilon)
         decision = budget.decide()
@@ -50,12 +51,24 @@ def train_hospital_round(
             return RoundOutcome(None, declined=decision.reason)
         noise = None if cfg.privacy.secure_mode else torch.Generator(device=device).manual_seed(
             int(np.random.default_rng([cfg.seed, server_round, index, 1]).integers(2**62)))
-        result = meta_train_privately(model, params, hospital, cfg.meta, budget.plan, rng=rng,
-                                      noise_generator=noise, secure_mode=cfg.privacy.secure_mode, device=device,
-                                      noise_scale=noise_scale, canaries=canaries)
+        if cfg.privacy.mode == "record":
+            result = meta_train_privately(model, params, hospital, cfg.meta, budget.plan, rng=rng,
+                                          noise_generator=noise, secure_mode=cfg.privacy.secure_mode,
+                                          device=device, noise_scale=noise_scale, canaries=canaries)
+        else:
+            plain = _train_plainly(cfg, hospital, model, params, rng, canaries, device)
+            update = privatize_update(plain.update, sigma=budget.plan.sigma * noise_scale,
+                                      clip_norm=budget.plan.max_grad_norm, generator=noise,
+                                      secure_mode=cfg.privacy.secure_mode)
+            result = LocalResult(update=update, train_loss=plain.train_loss, episodes=plain.episodes)
         budget.commit(run_id=run_id, round=server_round, epsilon_after=decision.epsilon_after)
         return RoundOutcome(result, privacy={"epsilon": decision.epsilon_after, "delta": budget.plan.delta,
                                              "noise-multiplier": budget.plan.sigma})
+    return RoundOutcome(_train_plainly(cfg, hospital, model, params, rng, canaries, device))
+
+
+def _train_plainly(cfg: ExperimentConfig, hospital: Hospital, model: nn.Module, params: Params,
+                   rng: np.random.Generator, canaries: GradientCanaries | None, device: torch.device) -> LocalResult:
     sampler = EpisodeSampler(hospital.x_train, hospital.y_train, shots=cfg.meta.shots, query=cfg.meta.query,
                              device=device)
     hook = None
@@ -63,4 +76,4 @@ def train_hospital_round(
         rate = min(1.0, cfg.meta.meta_batch * (2 * cfg.meta.shots + cfg.meta.query) / hospital.n_train)
         hook = partial(add_canaries, canaries=canaries, sample_rate=rate, magnitude=cfg.privacy.max_grad_norm,
                        rng=rng)
-    return RoundOutcome(meta_train_locally(model, params, sampler, cfg.meta, rng, episode_hook=hook))
+    return meta_train_locally(model, params, sampler, cfg.meta, rng, episode_hook=hook)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fedmeta.config import ExperimentConfig
 from fedmeta.privacy.accounting import calibrate_noise_multiplier, default_delta
+from fedmeta.privacy.client_dp import CLIENT_MECHANISM
 
 __all__ = ["PrivacyPlan", "plan_privacy", "RECORD_MECHANISM"]
 
@@ -31,18 +32,25 @@ class PrivacyPlan:
 
 def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int, max_epsilon: float | None = None
                  ) -> PrivacyPlan:
-    """The record-level plan of ``hospital`` (``max_epsilon`` from node config overrides the config)."""
+    """The plan of ``hospital`` for ``privacy.mode`` (``max_epsilon`` from node config overrides the config).
+
+    ``record``: ``outer_steps`` releases a round, records sampled at ``q``. ``client``: one release a
+    round, the hospital sampled at the participation rate ``federation.fraction_train``.
+    """
     p, meta = cfg.privacy, cfg.meta
     episode_records = 2 * meta.shots + meta.query
-    q = p.sample_rate or min(1.0, meta.meta_batch * episode_records / n_train)
-    delta = p.delta or default_delta(n_train)
-    steps = meta.outer_steps
+    if p.mode == "client":
+        mechanism, q, steps, delta = CLIENT_MECHANISM, cfg.federation.fraction_train, 1, p.delta or 1e-5
+    else:
+        mechanism, steps = RECORD_MECHANISM, meta.outer_steps
+        q = p.sample_rate or min(1.0, meta.meta_batch * episode_records / n_train)
+        delta = p.delta or default_delta(n_train)
     sigma = p.noise_multiplier or calibrate_noise_multiplier(
         target_epsilon=p.target_epsilon, delta=delta, sample_rate=q,
         steps=cfg.federation.rounds * steps, accountant=p.accountant)
     cap = max_epsilon if max_epsilon is not None else p.hospital_max_epsilon.get(hospital, p.max_epsilon)
     return PrivacyPlan(
-        mechanism=RECORD_MECHANISM, sigma=sigma, sample_rate=q, steps_per_round=steps, delta=delta,
+        mechanism=mechanism, sigma=sigma, sample_rate=q, steps_per_round=steps, delta=delta,
         max_grad_norm=p.max_grad_norm, accountant=p.accountant, max_epsilon=float(cap),
         support_fraction=2 * meta.shots / episode_records,
     )
