@@ -35,6 +35,8 @@ def _print_summary(results: dict) -> None:
               f"({s['worst_site']}), mean accuracy {s['mean_accuracy']:.3f}")
     for h, m in results["final"].items():
         print(f"  {h:<16} {m['role']:<9} AUC {m['auc']:.3f}  accuracy {m['accuracy']:.3f}")
+    for h in results.get("final_missing", []):
+        print(f"  {h:<16} no final score (its last evaluation failed; see results.json)")
 
 
 def _simulate(args: argparse.Namespace) -> None:

@@ -72,6 +72,7 @@ def run_comparison(
         for seed in seeds:
             seeded = cfg.model_copy(update={"seed": seed})
             per_hospital: dict[str, dict[str, Any]] = {}
+            missing: list[str] = []
             for fold, fold_cfg in _folds(seeded):
                 done += 1
                 announce(f"[{done}/{total}] {algo}, seed {seed}" + (f", {fold} held out" if fold else ""))
@@ -81,9 +82,11 @@ def run_comparison(
                     run_cfg = fold_cfg.model_copy(
                         update={"meta": fold_cfg.meta.model_copy(update={"algorithm": COMPARED[algo]})})
                     run_dir = out_dir / "runs" / algo / f"seed{seed}" / (f"fold-{fold}" if fold else "")
-                    res = run_federated(run_cfg, run_dir)["final"]
+                    run = run_federated(run_cfg, run_dir)
+                    res = run["final"]
+                    missing += [h for h in run.get("final_missing", []) if not fold or h == fold]
                 per_hospital.update(_counted(res))
-            table[algo]["seeds"][str(seed)] = _summary(per_hospital)
+            table[algo]["seeds"][str(seed)] = {**_summary(per_hospital), "missing": missing}
         s = table[algo]["seeds"].values()
         for key in ("mean_auc", "worst_auc", "mean_accuracy"):
             vals = [x[key] for x in s]
@@ -112,6 +115,11 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     for name, row in algos.items():
         cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("mean_auc", "worst_auc", "mean_accuracy")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    missing = [f"{name} seed {seed}: {', '.join(s['missing'])}" for name, row in algos.items()
+               for seed, s in row["seeds"].items() if s.get("missing")]
+    if missing:
+        lines += ["", "No final score (the model diverged at these hospitals; left out of mean and worst): "
+                  + "; ".join(missing)]
     hospitals = sorted({h for row in algos.values() for s in row["seeds"].values() for h in s["hospitals"]})
     lines += ["", "Per hospital (AUC, mean over seeds):", "",
               "| algorithm | " + " | ".join(hospitals) + " |", "|---" * (len(hospitals) + 1) + "|"]

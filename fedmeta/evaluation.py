@@ -16,7 +16,11 @@ from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Hospital
 from fedmeta.meta.functional import Params, adapt, per_episode_copies
 
-__all__ = ["Score", "score_params", "evaluate_few_shot"]
+__all__ = ["Score", "score_params", "evaluate_few_shot", "NonFiniteModelError"]
+
+
+class NonFiniteModelError(ValueError):
+    """Parameters that give NaN/inf predictions: there is no AUC to report."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ def score_params(model: nn.Module, params: Params, hospital: Hospital, device: t
     with torch.no_grad():
         logits = functional_call(model, params, (torch.as_tensor(hospital.x_test, device=device),))
         prob = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+    if not np.isfinite(prob).all():
+        raise NonFiniteModelError(f"hospital {hospital.name}: the model's predictions are not finite "
+                                  "(diverged training or adaptation)")
     return Score(
         auc=float(roc_auc_score(hospital.y_test, prob)),
         accuracy=float(accuracy_score(hospital.y_test, prob >= 0.5)),

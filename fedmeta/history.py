@@ -33,11 +33,9 @@ class RunHistory:
         return rec
 
     def final_eval(self) -> dict[str, dict[str, float]]:
-        """The last evaluation each hospital took part in."""
-        out: dict[str, dict[str, float]] = {}
-        for rec in self.rounds:
-            out.update(rec.eval)
-        return out
+        """Scores of the last evaluated round (a hospital that failed to evaluate then is absent)."""
+        evaluated = [rec for rec in self.rounds if rec.eval]
+        return dict(evaluated[-1].eval) if evaluated else {}
 
     def to_dict(self) -> dict[str, Any]:
         return {

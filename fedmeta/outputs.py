@@ -71,6 +71,7 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
         "rounds_completed": sum(1 for r in history.rounds if r.train),
         "stopped_early": stop_reason,
         "final": {h: {**m, "role": history.hospitals[h]} for h, m in sorted(final.items())},
+        "final_missing": sorted(set(history.hospitals) - set(final)),
         "summary": summarise(final, history.hospitals),
         "timings": {**timings, "round_s": [r.seconds for r in history.rounds]},
         "history": history.to_dict(),

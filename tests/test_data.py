@@ -97,3 +97,16 @@ def test_episodes_are_stratified_and_disjoint():
     assert (b.y_support.sum(1) == 4).all()
     for i in range(6):
         assert not set(b.x_support[i, :, 0].tolist()) & set(b.x_query[i, :, 0].tolist())
+
+
+def test_diverged_parameters_have_no_score():
+    from fedmeta.config import ModelConfig
+    from fedmeta.evaluation import NonFiniteModelError, score_params
+    from fedmeta.meta.functional import params_of
+    from fedmeta.models import build_model
+
+    fed = load_federation(ExperimentConfig())
+    model = build_model(ModelConfig(hidden=[8]), fed.n_features, seed=0)
+    params = {k: torch.full_like(v, 3e38) * torch.sign(torch.randn_like(v)) for k, v in params_of(model).items()}
+    with pytest.raises(NonFiniteModelError, match="not finite"):
+        score_params(model, params, fed.hospitals[0], torch.device("cpu"))

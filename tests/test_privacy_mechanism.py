@@ -94,3 +94,20 @@ def test_poisson_episodes_hold_each_sampled_record_once():
         assert b.support_normaliser == pytest.approx(n * q / m * 0.4)
     # Poisson sampling: the mean count is n*q with std sqrt(n q (1-q)) per draw.
     assert np.mean(counts) == pytest.approx(n * q, abs=4 * math.sqrt(n * q) / math.sqrt(50))
+
+
+def test_an_episode_with_a_non_finite_gradient_contributes_zero():
+    params = {"w": torch.zeros(3, 4, dtype=torch.float64), "b": torch.zeros(3, dtype=torch.float64)}
+    grads = _grads(m=4, scale=0.1)
+    broken = {k: v.clone() for k, v in grads.items()}
+    broken["b"][0, 1] = float("nan")
+    zeroed = {k: v.clone() for k, v in grads.items()}
+    zeroed["w"][0] = 0.0
+    zeroed["b"][0] = 0.0
+    a = RecordLevelDPStep(params, sigma=0.0, max_grad_norm=1.0, episodes=4, lr=1.0)
+    b = RecordLevelDPStep(params, sigma=0.0, max_grad_norm=1.0, episodes=4, lr=1.0)
+    a.step(broken)
+    b.step(zeroed)
+    for k in params:
+        assert torch.isfinite(a.current()[k]).all()
+        torch.testing.assert_close(a.current()[k], b.current()[k])

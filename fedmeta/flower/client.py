@@ -19,9 +19,9 @@ from flwr.clientapp import ClientApp
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.hospital import Hospital
 from fedmeta.data.sources import load_federation
-from fedmeta.evaluation import evaluate_few_shot, score_params
+from fedmeta.evaluation import NonFiniteModelError, evaluate_few_shot, score_params
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
-from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, HELD_OUT
+from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT
 from fedmeta.flower.run_config import config_from_run_config
 from fedmeta.meta.functional import Params, params_of
 from fedmeta.local_round import train_hospital_round
@@ -143,9 +143,12 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
             return received
         model, params = received
         server_round = int(msg.content["config"].get("server-round", 0))
-        score = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
-                                  seed=cfg.seed, device=site.device)
-        unadapted = score_params(model, params, site.hospital, site.device)
+        try:
+            score = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
+                                      seed=cfg.seed, device=site.device)
+            unadapted = score_params(model, params, site.hospital, site.device)
+        except NonFiniteModelError as err:
+            return Message(Error(code=EVAL_FAILED, reason=str(err)), reply_to=msg)
         metrics = MetricRecord({
             "num-examples": int(site.hospital.y_test.shape[0]),
             "auc": score.auc,

@@ -45,8 +45,18 @@ class RecordLevelDPStep:
         return {k: p.detach().clone() for k, p in self.params.items()}
 
     def step(self, episode_grads: Params) -> None:
-        """One private outer step from ``{name: (m, *shape)}`` per-episode meta-gradients."""
+        """One private outer step from ``{name: (m, *shape)}`` per-episode meta-gradients.
+
+        An episode whose gradient is not finite (an inner loop that overflowed) contributes zero:
+        a function of that episode alone, so the sensitivity argument is unchanged.
+        """
+        m = next(iter(episode_grads.values())).shape[0]
+        finite = torch.ones(m, dtype=torch.bool, device=next(iter(episode_grads.values())).device)
+        for g in episode_grads.values():
+            finite &= torch.isfinite(g.reshape(m, -1)).all(dim=1)
         for k, p in self.params.items():
-            p.grad_sample = episode_grads[k].detach().to(p.dtype)
+            g = episode_grads[k].detach().to(p.dtype)
+            keep = finite.view(m, *([1] * (g.dim() - 1)))
+            p.grad_sample = torch.where(keep, g, torch.zeros_like(g))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
