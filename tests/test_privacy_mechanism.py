@@ -111,3 +111,15 @@ def test_an_episode_with_a_non_finite_gradient_contributes_zero():
     for k in params:
         assert torch.isfinite(a.current()[k]).all()
         torch.testing.assert_close(a.current()[k], b.current()[k])
+
+
+def test_an_overflowing_slot_keeps_only_its_own_records():
+    x = np.arange(20, dtype=np.float32)[:, None]
+    y = np.zeros(20, dtype=np.float32)
+    sampler = PoissonEpisodeSampler(x, y, sample_rate=0.5, episodes=2, support_fraction=0.5,
+                                    device=torch.device("cpu"))
+    xs, _, w = sampler._pack(np.array([10, 11, 12, 13, 14]), np.array([0, 0, 0, 1, 1]), capacity=2)
+    kept0 = set(xs[0][w[0] > 0].view(-1).int().tolist())
+    kept1 = set(xs[1][w[1] > 0].view(-1).int().tolist())
+    assert len(kept0) == 2 and kept0 <= {10, 11, 12}
+    assert kept1 == {13, 14}

@@ -50,25 +50,28 @@ class PoissonEpisodeSampler:
         self.support_capacity = _capacity(self.support_normaliser)
         self.query_capacity = _capacity(self.query_normaliser)
 
-    def _pack(self, slots: list[np.ndarray], capacity: int, rng: np.random.Generator
+    def _pack(self, members: np.ndarray, slot: np.ndarray, capacity: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scatter records into ``(m, capacity)`` slots; ``members`` arrive in random order, so a
+        slot that overflows keeps a random subset of its own records."""
+        order = np.argsort(slot, kind="stable")
+        members, slot = members[order], slot[order]
+        starts = np.searchsorted(slot, np.arange(self.m))
+        position = np.arange(len(slot)) - starts[slot]
+        keep = position < capacity
         idx = np.zeros((self.m, capacity), dtype=np.int64)
         weight = np.zeros((self.m, capacity), dtype=np.float32)
-        for i, members in enumerate(slots):
-            if len(members) > capacity:
-                members = rng.choice(members, size=capacity, replace=False)
-            idx[i, : len(members)] = members
-            weight[i, : len(members)] = 1.0
+        idx[slot[keep], position[keep]] = members[keep]
+        weight[slot[keep], position[keep]] = 1.0
         t_idx = torch.as_tensor(idx, device=self.x.device)
         return self.x[t_idx], self.y[t_idx], torch.as_tensor(weight, device=self.x.device, dtype=self.x.dtype)
 
     def sample(self, rng: np.random.Generator) -> EpisodeBatch:
         included = np.flatnonzero(rng.uniform(size=self.n) < self.q)
+        included = included[rng.permutation(len(included))]
         slot = rng.integers(0, self.m, size=len(included))
         in_support = rng.uniform(size=len(included)) < self.support_fraction
-        support = [included[(slot == i) & in_support] for i in range(self.m)]
-        query = [included[(slot == i) & ~in_support] for i in range(self.m)]
-        xs, ys, ws = self._pack(support, self.support_capacity, rng)
-        xq, yq, wq = self._pack(query, self.query_capacity, rng)
+        xs, ys, ws = self._pack(included[in_support], slot[in_support], self.support_capacity)
+        xq, yq, wq = self._pack(included[~in_support], slot[~in_support], self.query_capacity)
         return EpisodeBatch(xs, ys, xq, yq, w_support=ws, w_query=wq,
                             support_normaliser=self.support_normaliser, query_normaliser=self.query_normaliser)
