@@ -51,12 +51,13 @@ class RecordLevelDPStep:
         a function of that episode alone, so the sensitivity argument is unchanged.
         """
         m = next(iter(episode_grads.values())).shape[0]
-        finite = torch.ones(m, dtype=torch.bool, device=next(iter(episode_grads.values())).device)
-        for g in episode_grads.values():
-            finite &= torch.isfinite(g.reshape(m, -1)).all(dim=1)
+        # One reduction finds the bad episodes (NaN/inf, or so large their squared norm overflows).
+        finite = torch.isfinite(sum(g.detach().reshape(m, -1).pow(2).sum(1) for g in episode_grads.values()))
+        all_finite = bool(finite.all())
         for k, p in self.params.items():
             g = episode_grads[k].detach().to(p.dtype)
-            keep = finite.view(m, *([1] * (g.dim() - 1)))
-            p.grad_sample = torch.where(keep, g, torch.zeros_like(g))
+            if not all_finite:
+                g = torch.where(finite.view(m, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
+            p.grad_sample = g
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
