@@ -1,12 +1,14 @@
 """First-order MAML and Reptile under record-level DP: per-episode clipping vs per-record DP-SGD,
 at equal epsilon, on the synthetic default federation.
 
-* per-episode (what fedmeta uses): one release per outer step; Poisson records in independent
-  episode slots, each slot's meta-gradient clipped to C, noise 2*sigma*C (fedmeta.privacy).
-* per-record DP-SGD: every data-touching step is its own release on a FRESH Poisson sample of
-  records, each record's gradient clipped to C, noise sigma*C: K inner steps (support-size
-  sample) and, for first-order MAML, one query step, for each of the m episodes of an outer step.
-  Each release is counted by the accountant.
+* per-episode: one release per outer step; Poisson records in independent episode slots, each
+  slot's meta-gradient clipped to C, noise 2*sigma*C (what fedmeta uses for second-order MAML).
+* per-record DP-SGD (what fedmeta uses for these two, chosen by this comparison): every
+  data-touching step is its own release on a FRESH Poisson sample of records, each record's
+  gradient clipped to C, noise sigma*C: K inner steps (support-size sample) and, for first-order
+  MAML, one query step, for each of the m episodes of an outer step. Each release is counted.
+
+Both run fedmeta's own code (``fedmeta.privacy.private_training``) with the plan of each construction.
 
 For each construction sigma is calibrated (bisection on Opacus' accountant) so that the planned
 rounds end at the same epsilon. The federation is run in-process (the arithmetic of a FedMeta round:
@@ -20,102 +22,35 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
-from opacus.optimizers import DPOptimizer
-from torch import nn
 
 from fedmeta.config import ExperimentConfig, load_config
 from fedmeta.data.hospital import Hospital
 from fedmeta.data.sources import load_federation
 from fedmeta.evaluation import evaluate_few_shot
-from fedmeta.meta.functional import Params, episode_losses, params_of, per_episode_copies
-from fedmeta.meta.local_training import LocalResult
-from fedmeta.privacy.accounting import Mechanism, epsilon_of
-from fedmeta.privacy.plan import plan_privacy
+from fedmeta.meta.functional import params_of
+from fedmeta.privacy.accounting import epsilon_of
+from fedmeta.privacy.plan import EPISODE_CLIPPING, PrivacyPlan, Release, calibrate_for_releases, plan_privacy
 from fedmeta.privacy.private_training import meta_train_privately
 
 
-def _per_record_grads(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-    copies = per_episode_copies(params, len(y))
-    with torch.enable_grad():
-        loss = episode_losses(model, copies, x[:, None, :], y[:, None]).sum()
-        grads = torch.autograd.grad(loss, list(copies.values()))
-    return dict(zip(copies, grads))
-
-
-def _noised_mean(per_record: Params, *, sigma: float, clip: float, expected: float,
-                 generator: torch.Generator) -> Params:
-    """Opacus: clip each record's gradient to C, sum, add N(0, (sigma C)^2), divide by `expected`."""
-    ps = {k: nn.Parameter(torch.zeros_like(v[0])) for k, v in per_record.items()}
-    opt = DPOptimizer(torch.optim.SGD(list(ps.values()), lr=1.0), noise_multiplier=sigma, max_grad_norm=clip,
-                      expected_batch_size=max(expected, 1e-9), loss_reduction="mean", generator=generator)
-    for k, p in ps.items():
-        p.grad_sample = per_record[k]
-    opt.step()
-    return {k: -p.detach() for k, p in ps.items()}
-
-
-def _poisson(h: Hospital, q: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = np.flatnonzero(rng.uniform(size=h.n_train) < q)
-    return torch.as_tensor(h.x_train[idx]), torch.as_tensor(h.y_train[idx])
-
-
-def _per_record_round(model: nn.Module, theta: Params, h: Hospital, cfg: ExperimentConfig, sigma: float,
-                      rng: np.random.Generator, gen: torch.Generator) -> LocalResult:
-    meta, c = cfg.meta, cfg.privacy.max_grad_norm
-    q_s = min(1.0, 2 * meta.shots / h.n_train)
-    q_q = min(1.0, meta.query / h.n_train)
-    q_all = min(1.0, (2 * meta.shots + meta.query) / h.n_train)
-    local = dict(theta)
-    for _ in range(meta.outer_steps):
-        directions = []
-        for _ in range(meta.meta_batch):
-            fast = dict(local)
-            q_inner = q_s if meta.algorithm == "fomaml" else q_all
-            for _ in range(meta.inner_steps):
-                x, y = _poisson(h, q_inner, rng)
-                if len(y) == 0:
-                    g = {k: torch.zeros_like(v) for k, v in fast.items()}
-                    g = _noised_mean({k: v[None] for k, v in g.items()}, sigma=sigma, clip=c,
-                                     expected=q_inner * h.n_train, generator=gen)
-                else:
-                    g = _noised_mean(_per_record_grads(model, fast, x, y), sigma=sigma, clip=c,
-                                     expected=q_inner * h.n_train, generator=gen)
-                fast = {k: fast[k] - meta.inner_lr * g[k] for k in fast}
-            if meta.algorithm == "fomaml":
-                x, y = _poisson(h, q_q, rng)
-                per = (_per_record_grads(model, fast, x, y) if len(y) else
-                       {k: torch.zeros_like(v)[None] for k, v in fast.items()})
-                directions.append(_noised_mean(per, sigma=sigma, clip=c, expected=q_q * h.n_train, generator=gen))
-            else:
-                directions.append({k: local[k] - fast[k] for k in local})
-        local = {k: local[k] - meta.outer_lr * sum(d[k] for d in directions) / len(directions) for k in local}
-    return LocalResult(update={k: theta[k] - local[k] for k in theta}, train_loss=float("nan"), episodes=0)
-
-
-def _per_record_history(cfg: ExperimentConfig, h: Hospital, sigma: float, rounds: int) -> list[Mechanism]:
+def _plans(cfg: ExperimentConfig, h: Hospital, construction: str, target: float) -> PrivacyPlan:
+    """The hospital's fedmeta plan (per-record DP-SGD), or the per-episode alternative, both
+    calibrated with Opacus' accountant to end the planned rounds at ``target``."""
+    cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
+        update={"target_epsilon": target, "noise_multiplier": 0.0, "accountant": "rdp"})})
+    plan = plan_privacy(cfg, hospital=h.name, n_train=h.n_train)
+    if construction == "per-record":
+        return plan
     meta = cfg.meta
-    per_outer = meta.meta_batch
-    if meta.algorithm == "fomaml":
-        return [Mechanism(sigma, min(1.0, 2 * meta.shots / h.n_train), rounds * meta.outer_steps * per_outer * meta.inner_steps),
-                Mechanism(sigma, min(1.0, meta.query / h.n_train), rounds * meta.outer_steps * per_outer)]
-    return [Mechanism(sigma, min(1.0, (2 * meta.shots + meta.query) / h.n_train),
-                      rounds * meta.outer_steps * per_outer * meta.inner_steps)]
-
-
-def _calibrate(history_of, target: float, delta: float) -> float:
-    lo, hi = 0.1, 1.0
-    while epsilon_of(history_of(hi), delta=delta, accountant="rdp") > target:
-        lo, hi = hi, hi * 2
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        if epsilon_of(history_of(mid), delta=delta, accountant="rdp") > target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    release = Release(EPISODE_CLIPPING, min(1.0, meta.meta_batch * (2 * meta.shots + meta.query) / h.n_train),
+                      meta.outer_steps)
+    sigma = calibrate_for_releases(target_epsilon=target, delta=plan.delta, rounds=cfg.federation.rounds,
+                                   releases=((release.sample_rate, release.steps_per_round),), accountant="rdp")
+    return replace(plan, releases=(release,), sigma=sigma)
 
 
 def run(cfg: ExperimentConfig, construction: str, target: float) -> tuple[float, float, float]:
@@ -127,30 +62,16 @@ def run(cfg: ExperimentConfig, construction: str, target: float) -> tuple[float,
     server = ServerMetaOptimizer(params_of(model), cfg.server)
     cpu = torch.device("cpu")
     rounds = cfg.federation.rounds
-    sigmas, plans, worst_eps = {}, {}, 0.0
-    for h in fed.hospitals:
-        plan = plan_privacy(cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
-            update={"target_epsilon": target, "noise_multiplier": 0.0, "accountant": "rdp"})}),
-            hospital=h.name, n_train=h.n_train)
-        plans[h.name] = plan
-        if construction == "per-record":
-            sigmas[h.name] = _calibrate(lambda s, h=h: _per_record_history(cfg, h, s, rounds), target, plan.delta)
-            worst_eps = max(worst_eps, epsilon_of(_per_record_history(cfg, h, sigmas[h.name], rounds),
-                                                  delta=plan.delta, accountant="rdp"))
-        else:
-            worst_eps = max(worst_eps, epsilon_of([Mechanism(plan.sigma, plan.sample_rate, plan.steps_per_round)] * rounds,
-                                                  delta=plan.delta, accountant="rdp"))
+    plans = {h.name: _plans(cfg, h, construction, target) for h in fed.hospitals}
+    worst_eps = max(epsilon_of(p.round_history() * rounds, delta=p.delta, accountant="rdp") for p in plans.values())
     for r in range(1, rounds + 1):
         theta = server.current()
         updates, weights = [], []
         for i, h in enumerate(fed.hospitals):
             rng = np.random.default_rng([cfg.seed, r, i])
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            if construction == "per-record":
-                res = _per_record_round(model, theta, h, cfg, sigmas[h.name], rng, gen)
-            else:
-                res = meta_train_privately(model, theta, h, cfg.meta, plans[h.name], rng=rng, noise_generator=gen,
-                                           secure_mode=False, device=cpu)
+            res = meta_train_privately(model, theta, h, cfg.meta, plans[h.name], rng=rng, noise_generator=gen,
+                                       secure_mode=False, device=cpu)
             updates.append(res.update)
             weights.append(h.n_train)
         w = np.array(weights, float) / sum(weights)

@@ -1,8 +1,10 @@
-"""Record-level DP outer step vs the non-private one, per algorithm, timed alternately in one run.
+"""Record-level DP local training vs the non-private one, per algorithm, timed alternately in one run.
 
-Non-private: a stratified meta-batch, mean meta-gradient, SGD step. Private: a Poisson meta-batch
-of padded episodes, per-episode meta-gradients, DPOptimizer clip + noise + step. Same model, same
-expected number of records per step, one thread, median over repeats.
+Both sides run fedmeta's own code for one outer step on one hospital: non-private
+``meta_train_locally`` (stratified episodes, mean meta-gradient) against ``meta_train_privately``
+with the algorithm's record-level construction (``fedmeta.privacy.plan``): per-episode clipping
+for second-order MAML, per-record DP-SGD releases for first-order MAML, Reptile and FedAvg.
+Same model, same expected number of records, one thread, median over repeats.
 
     .venv/bin/python benchmarks/dp_step.py [--repeats 30]
 """
@@ -16,12 +18,15 @@ import time
 import numpy as np
 import torch
 
+from fedmeta.config import ExperimentConfig
 from fedmeta.data.episodes import EpisodeSampler
-from fedmeta.meta.algorithms import ALGORITHMS, InnerLoop
+from fedmeta.data.hospital import Hospital
+from fedmeta.meta.algorithms import ALGORITHMS
 from fedmeta.meta.functional import params_of
+from fedmeta.meta.local_training import meta_train_locally
 from fedmeta.models import MLP
-from fedmeta.privacy.episode_sampling import PoissonEpisodeSampler
-from fedmeta.privacy.record_dp import RecordLevelDPStep
+from fedmeta.privacy.plan import plan_privacy
+from fedmeta.privacy.private_training import meta_train_privately
 
 
 def main() -> None:
@@ -39,29 +44,27 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.records, args.features)).astype(np.float32)
     y = (rng.uniform(size=args.records) < 0.4).astype(np.float32)
+    hospital = Hospital("bench", x, y, x[:10], y[:10])
     model = MLP(args.features, [64, 64])
     params = params_of(model)
     cpu = torch.device("cpu")
-    inner = InnerLoop(args.inner_steps, 0.1)
-    m, per_episode = args.meta_batch, 2 * args.shots + args.query
-    plain_sampler = EpisodeSampler(x, y, shots=args.shots, query=args.query, device=cpu)
-    dp_sampler = PoissonEpisodeSampler(x, y, sample_rate=m * per_episode / args.records, episodes=m,
-                                       support_fraction=2 * args.shots / per_episode, device=cpu)
-    print(f"outer step, MLP {args.features}-64-64-1, {m} episodes of ~{per_episode} records, "
-          f"{args.inner_steps} inner steps, 1 thread, median of {args.repeats}")
-    print(f"  {'algorithm':<9} {'non-DP ms':>10} {'DP ms':>8} {'DP / non-DP':>12}")
-    for name, algo in ALGORITHMS.items():
-        def plain() -> None:
-            batch = plain_sampler.sample(m, rng)
-            g, _ = algo.meta_gradient(model, params, batch, inner)
-            _ = {k: params[k] - 0.1 * g[k] for k in params}
+    sampler = EpisodeSampler(x, y, shots=args.shots, query=args.query, device=cpu)
+    print(f"one outer step, MLP {args.features}-64-64-1, {args.records} records, {args.meta_batch} episodes of "
+          f"{2 * args.shots + args.query} records, {args.inner_steps} inner steps, 1 thread, median of {args.repeats}")
+    print(f"  {'algorithm':<9} {'construction':<22} {'non-DP ms':>10} {'DP ms':>8} {'DP / non-DP':>12}")
+    for name in ALGORITHMS:
+        cfg = ExperimentConfig.model_validate({
+            "meta": {"algorithm": name, "inner_steps": args.inner_steps, "shots": args.shots, "query": args.query,
+                     "meta_batch": args.meta_batch, "outer_steps": 1},
+            "privacy": {"mode": "record", "noise_multiplier": 1.0}})
+        plan = plan_privacy(cfg, hospital="bench", n_train=args.records)
 
-        dp = RecordLevelDPStep(params, sigma=1.0, max_grad_norm=1.0, episodes=m, lr=0.1)
+        def plain() -> None:
+            meta_train_locally(model, params, sampler, cfg.meta, rng)
 
         def private() -> None:
-            batch = dp_sampler.sample(rng)
-            g, _ = algo.episode_gradients(model, dp.current(), batch, inner)
-            dp.step(g)
+            meta_train_privately(model, params, hospital, cfg.meta, plan, rng=rng, noise_generator=None,
+                                 secure_mode=False, device=cpu)
 
         for _ in range(3):
             plain()
@@ -75,7 +78,8 @@ def main() -> None:
             private()
             td.append(time.perf_counter() - t0)
         a, b = statistics.median(tp) * 1e3, statistics.median(td) * 1e3
-        print(f"  {name:<9} {a:>10.2f} {b:>8.2f} {b / a:>11.2f}x")
+        construction = "+".join(r.mechanism.removeprefix("record:") for r in plan.releases)
+        print(f"  {name:<9} {construction:<22} {a:>10.2f} {b:>8.2f} {b / a:>11.2f}x", flush=True)
 
 
 if __name__ == "__main__":

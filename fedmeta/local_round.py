@@ -61,8 +61,8 @@ def train_hospital_round(
                                       clip_norm=budget.plan.max_grad_norm, generator=noise,
                                       secure_mode=cfg.privacy.secure_mode)
             result = LocalResult(update=update, train_loss=plain.train_loss, episodes=plain.episodes)
-        budget.commit(run_id=run_id, round=server_round, epsilon_after=decision.epsilon_after)
-        return RoundOutcome(result, privacy={"epsilon": decision.epsilon_after, "delta": budget.plan.delta,
+        epsilon = budget.commit(run_id=run_id, round=server_round)
+        return RoundOutcome(result, privacy={"epsilon": epsilon, "delta": budget.plan.delta,
                                              "noise-multiplier": budget.plan.sigma})
     return RoundOutcome(_train_plainly(cfg, hospital, model, params, rng, canaries, device))
 

@@ -14,7 +14,7 @@ import pytest
 from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.data.sources import load_federation
-from fedmeta.privacy.accounting import Mechanism, epsilon_of
+from fedmeta.privacy.accounting import epsilon_of
 from fedmeta.privacy.ledger import PrivacyLedger
 from fedmeta.privacy.plan import plan_privacy
 
@@ -28,8 +28,7 @@ def _caps() -> dict[str, float]:
     caps = {}
     for h in load_federation(cfg).hospitals:
         plan = plan_privacy(cfg, hospital=h.name, n_train=h.n_train)
-        one = Mechanism(plan.sigma, plan.sample_rate, plan.steps_per_round)
-        eps = [epsilon_of([one] * r, delta=plan.delta, accountant="rdp") for r in (1, 2, 3)]
+        eps = [epsilon_of(plan.round_history() * r, delta=plan.delta, accountant="rdp") for r in (1, 2, 3)]
         allowed = 1 if h.name == "hospital-01" else 2
         caps[h.name] = (eps[allowed - 1] + eps[allowed]) / 2
     return caps

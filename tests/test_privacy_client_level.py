@@ -14,7 +14,7 @@ from fedmeta.config import load_config
 from fedmeta.privacy.accounting import Mechanism, epsilon_of
 from fedmeta.privacy.client_dp import CLIENT_MECHANISM, privatize_update
 from fedmeta.privacy.ledger import PrivacyLedger
-from fedmeta.privacy.plan import plan_privacy
+from fedmeta.privacy.plan import Release, plan_privacy
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 
@@ -42,7 +42,7 @@ def test_hospital_noise_std_is_sigma_s():
 def test_one_release_per_round_at_the_participation_rate():
     cfg = load_config(CI, ['privacy.mode="client"', "privacy.noise_multiplier=1.0", "federation.fraction_train=0.6"])
     plan = plan_privacy(cfg, hospital="hospital-01", n_train=100)
-    assert (plan.mechanism, plan.sample_rate, plan.steps_per_round, plan.delta) == (CLIENT_MECHANISM, 0.6, 1, 1e-5)
+    assert (plan.releases, plan.delta) == ((Release(CLIENT_MECHANISM, 0.6, 1),), 1e-5)
 
 
 def test_client_level_dp_end_to_end(tmp_path):

@@ -16,9 +16,9 @@ CI = Path(__file__).resolve().parents[1] / "configs" / "ci.toml"
 
 
 def _row(ledger: PrivacyLedger, round: int, eps: float) -> None:
-    ledger.record(run_id="r1", round=round, hospital="h", algorithm="maml", mechanism="record:episode-clipping",
-                  sigma=1.0, sample_rate=0.1, steps=2, max_grad_norm=1.0, delta=1e-5, accountant="rdp", epsilon=eps,
-                  max_epsilon=10.0)
+    ledger.record(dict(run_id="r1", round=round, hospital="h", algorithm="maml", mechanism="record:episode-clipping",
+                       sigma=1.0, sample_rate=0.1, steps=2, max_grad_norm=1.0, delta=1e-5, accountant="rdp",
+                       epsilon=eps, max_epsilon=10.0))
 
 
 def test_rows_cannot_be_changed_or_removed(tmp_path):
@@ -39,7 +39,7 @@ def test_a_restarted_hospital_resumes_its_accountant_from_the_ledger(tmp_path):
     first = HospitalBudget(cfg, hospital="hospital-01", n_train=100, ledger_path=path)
     d1 = first.decide()
     assert d1.allowed and d1.epsilon_before == 0.0
-    first.commit(run_id="run-a", round=1, epsilon_after=d1.epsilon_after)
+    assert first.commit(run_id="run-a", round=1) == pytest.approx(d1.epsilon_after)
     # A new process (new object, same file) continues from the spend on disk.
     again = HospitalBudget(cfg, hospital="hospital-01", n_train=100, ledger_path=path)
     d2 = again.decide()

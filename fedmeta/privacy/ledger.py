@@ -104,18 +104,16 @@ class PrivacyLedger:
     def history(self) -> list[Mechanism]:
         return [r.as_mechanism for r in self.rows()]
 
-    def record(self, *, run_id: str, round: int, hospital: str, algorithm: str, mechanism: str, sigma: float,
-               sample_rate: float, steps: int, max_grad_norm: float, delta: float, accountant: str,
-               epsilon: float, max_epsilon: float) -> None:
-        """Append one spend and make it durable before returning."""
+    def record(self, *rows: dict[str, object]) -> None:
+        """Append spends (keyword dicts of the columns) in one transaction, durable before returning."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        columns = [c for c in LedgerRow.__dataclass_fields__ if c not in ("id", "recorded_at")]
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "INSERT INTO spend (run_id, round, hospital, algorithm, mechanism, sigma, sample_rate, steps, "
-                "max_grad_norm, delta, accountant, epsilon, max_epsilon, recorded_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, round, hospital, algorithm, mechanism, sigma, sample_rate, steps, max_grad_norm, delta,
-                 accountant, epsilon, max_epsilon, now),
-            )
+            for row in rows:
+                if set(row) != set(columns):
+                    raise ValueError(f"ledger row needs exactly the columns {columns}")
+                db.execute(f"INSERT INTO spend ({', '.join(columns)}, recorded_at) "
+                           f"VALUES ({', '.join('?' * (len(columns) + 1))})",
+                           (*(row[c] for c in columns), now))
             db.execute("COMMIT")

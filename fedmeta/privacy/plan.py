@@ -1,56 +1,135 @@
-"""A hospital's privacy plan for a run: noise multiplier, sampling rate, delta, cap.
+"""A hospital's privacy plan for a run: which releases it makes each round, their noise multiplier
+and sampling rates, delta and its cap.
 
 Computed by the hospital itself from the run config and its own data size, so nothing the server
 sends can change it (the server cannot raise a hospital's cap or lower its noise).
+
+Record-level constructions (docs/privacy.md):
+
+* ``maml``: per-episode clipping; one release per outer step at rate ``q = m * e / n``.
+* ``fomaml``: per-record DP-SGD; every inner step of every episode a release at ``2 k / n``
+  (support-sized sample), every episode's query gradient a release at ``Q / n``.
+* ``reptile``: per-record DP-SGD; every inner step of every episode a release at ``e / n``.
+* ``fedavg``: per-record DP-SGD; one release per outer step at ``m * e / n``.
+
+(``k`` shots per class, ``Q`` query records, ``e = 2k + Q``, ``m`` episodes per outer step.)
+Per-record DP-SGD gave the better utility at equal epsilon for the first-order methods
+(``benchmarks/dp_first_order_constructions.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fedmeta.config import ExperimentConfig
-from fedmeta.privacy.accounting import calibrate_noise_multiplier, default_delta
+from fedmeta.privacy.accounting import Mechanism, calibrate_noise_multiplier, default_delta, epsilon_of
 from fedmeta.privacy.client_dp import CLIENT_MECHANISM
 
-__all__ = ["PrivacyPlan", "plan_privacy", "RECORD_MECHANISM"]
+__all__ = ["Release", "PrivacyPlan", "plan_privacy", "EPISODE_CLIPPING", "DP_SGD", "DP_SGD_SUPPORT",
+           "DP_SGD_QUERY", "calibrate_for_releases"]
 
-RECORD_MECHANISM = "record:episode-clipping"
+EPISODE_CLIPPING = "record:episode-clipping"
+DP_SGD = "record:dp-sgd"
+DP_SGD_SUPPORT = "record:dp-sgd-support"
+DP_SGD_QUERY = "record:dp-sgd-query"
+
+
+@dataclass(frozen=True)
+class Release:
+    """``steps_per_round`` releases of one Gaussian mechanism on Poisson samples of rate ``sample_rate``."""
+
+    mechanism: str
+    sample_rate: float
+    steps_per_round: int
 
 
 @dataclass(frozen=True)
 class PrivacyPlan:
-    mechanism: str
+    releases: tuple[Release, ...]
     sigma: float
-    sample_rate: float
-    steps_per_round: int
     delta: float
     max_grad_norm: float
     accountant: str
     max_epsilon: float
     support_fraction: float
 
+    def round_history(self) -> list[Mechanism]:
+        """What one round adds to the hospital's accountant, in ledger order."""
+        return [Mechanism(self.sigma, r.sample_rate, r.steps_per_round) for r in self.releases]
+
+    def release(self, mechanism: str) -> Release:
+        return next(r for r in self.releases if r.mechanism == mechanism)
+
+
+def _rate(records: float, n_train: int, override: float) -> float:
+    return override or min(1.0, records / n_train)
+
+
+def _record_releases(cfg: ExperimentConfig, n_train: int) -> tuple[Release, ...]:
+    meta, q = cfg.meta, cfg.privacy.sample_rate
+    episode = 2 * meta.shots + meta.query
+    per_outer = meta.outer_steps * meta.meta_batch
+    if meta.algorithm == "maml":
+        return (Release(EPISODE_CLIPPING, _rate(meta.meta_batch * episode, n_train, q), meta.outer_steps),)
+    if meta.algorithm == "fomaml":
+        return (Release(DP_SGD_SUPPORT, _rate(2 * meta.shots, n_train, q), per_outer * meta.inner_steps),
+                Release(DP_SGD_QUERY, _rate(meta.query, n_train, q), per_outer))
+    if meta.algorithm == "reptile":
+        return (Release(DP_SGD, _rate(episode, n_train, q), per_outer * meta.inner_steps),)
+    return (Release(DP_SGD, _rate(meta.meta_batch * episode, n_train, q), meta.outer_steps),)
+
+
+@lru_cache(maxsize=64)
+def calibrate_for_releases(*, target_epsilon: float, delta: float, rounds: int,
+                           releases: tuple[tuple[float, int], ...], accountant: str) -> float:
+    """The sigma whose composed history (``rounds`` x the ``(q, steps)`` releases) reaches the target.
+
+    One release kind: Opacus' own calibration. Several: bisection on Opacus' accountant, ending
+    within 0.01 below the target (Opacus' tolerance), never above it.
+    """
+    if len(releases) == 1:
+        (q, steps), = releases
+        return calibrate_noise_multiplier(target_epsilon=target_epsilon, delta=delta, sample_rate=q,
+                                          steps=rounds * steps, accountant=accountant)
+
+    def eps(sigma: float) -> float:
+        return epsilon_of([Mechanism(sigma, q, rounds * s) for q, s in releases], delta=delta, accountant=accountant)
+
+    lo, hi = 0.0, 10.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, 2 * hi
+        if hi > 1e6:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon}")
+    while True:
+        mid = 0.5 * (lo + hi)
+        e = eps(mid)
+        if e > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+            if target_epsilon - e < 0.01:
+                return hi
+
 
 def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int, max_epsilon: float | None = None
                  ) -> PrivacyPlan:
     """The plan of ``hospital`` for ``privacy.mode`` (``max_epsilon`` from node config overrides the config).
 
-    ``record``: ``outer_steps`` releases a round, records sampled at ``q``. ``client``: one release a
-    round, the hospital sampled at the participation rate ``federation.fraction_train``.
+    ``client``: one release a round, the hospital sampled at the participation rate
+    ``federation.fraction_train``.
     """
     p, meta = cfg.privacy, cfg.meta
     episode_records = 2 * meta.shots + meta.query
     if p.mode == "client":
-        mechanism, q, steps, delta = CLIENT_MECHANISM, cfg.federation.fraction_train, 1, p.delta or 1e-5
+        releases, delta = (Release(CLIENT_MECHANISM, cfg.federation.fraction_train, 1),), p.delta or 1e-5
     else:
-        mechanism, steps = RECORD_MECHANISM, meta.outer_steps
-        q = p.sample_rate or min(1.0, meta.meta_batch * episode_records / n_train)
-        delta = p.delta or default_delta(n_train)
-    sigma = p.noise_multiplier or calibrate_noise_multiplier(
-        target_epsilon=p.target_epsilon, delta=delta, sample_rate=q,
-        steps=cfg.federation.rounds * steps, accountant=p.accountant)
+        releases, delta = _record_releases(cfg, n_train), p.delta or default_delta(n_train)
+    sigma = p.noise_multiplier or calibrate_for_releases(
+        target_epsilon=p.target_epsilon, delta=delta, rounds=cfg.federation.rounds,
+        releases=tuple((r.sample_rate, r.steps_per_round) for r in releases), accountant=p.accountant)
     cap = max_epsilon if max_epsilon is not None else p.hospital_max_epsilon.get(hospital, p.max_epsilon)
     return PrivacyPlan(
-        mechanism=mechanism, sigma=sigma, sample_rate=q, steps_per_round=steps, delta=delta,
-        max_grad_norm=p.max_grad_norm, accountant=p.accountant, max_epsilon=float(cap),
-        support_fraction=2 * meta.shots / episode_records,
+        releases=releases, sigma=sigma, delta=delta, max_grad_norm=p.max_grad_norm, accountant=p.accountant,
+        max_epsilon=float(cap), support_fraction=2 * meta.shots / episode_records,
     )

@@ -1,9 +1,14 @@
 """One hospital's local meta-training round under record-level DP.
 
-Same outer loop as ``fedmeta.meta.local_training``, with two changes that make it private: episodes
-come from a Poisson sample of records (``PoissonEpisodeSampler``) and every outer step goes through
-``RecordLevelDPStep`` (per-episode clipping, noise of std 2*sigma*C). The returned meta-update is
-post-processing of those private steps.
+Same outer loop as ``fedmeta.meta.local_training``, made private by the construction of the
+hospital's plan (``fedmeta.privacy.plan``):
+
+* per-episode clipping (second-order MAML): episodes come from a Poisson sample of records
+  (``PoissonEpisodeSampler``) and every outer step goes through ``RecordLevelDPStep`` (each
+  episode's meta-gradient clipped, noise of std 2*sigma*C);
+* per-record DP-SGD (first-order MAML, Reptile, FedAvg): every data-touching step is a
+  ``PerRecordRelease`` on a fresh Poisson sample; the inner loops, the outer step and the
+  meta-update are post-processing of those releases.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from fedmeta.meta.functional import Params
 from fedmeta.meta.local_training import LocalResult
 from fedmeta.privacy.canaries import GradientCanaries, add_canaries
 from fedmeta.privacy.episode_sampling import PoissonEpisodeSampler
-from fedmeta.privacy.plan import PrivacyPlan
+from fedmeta.privacy.plan import DP_SGD, DP_SGD_QUERY, DP_SGD_SUPPORT, EPISODE_CLIPPING, PrivacyPlan
 from fedmeta.privacy.record_dp import RecordLevelDPStep
+from fedmeta.privacy.record_dp_sgd import PerRecordRelease
 
 __all__ = ["meta_train_privately"]
 
@@ -31,23 +37,70 @@ def meta_train_privately(
     noise_scale: float = 1.0, canaries: GradientCanaries | None = None,
 ) -> LocalResult:
     """``canaries`` (audit runs only) join the hospital's records as gradient canaries."""
+    kinds = {r.mechanism for r in plan.releases}
+    train = _per_episode_clipping if kinds == {EPISODE_CLIPPING} else _per_record_dp_sgd
+    return train(model, global_params, hospital, cfg, plan, rng=rng, noise_generator=noise_generator,
+                 secure_mode=secure_mode, device=device, noise_scale=noise_scale, canaries=canaries)
+
+
+def _per_episode_clipping(model, global_params, hospital, cfg, plan, *, rng, noise_generator, secure_mode,
+                          device, noise_scale, canaries) -> LocalResult:
+    release = plan.release(EPISODE_CLIPPING)
     algorithm = get_algorithm(cfg.algorithm)
     inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr)
-    sampler = PoissonEpisodeSampler(hospital.x_train, hospital.y_train, sample_rate=plan.sample_rate,
+    sampler = PoissonEpisodeSampler(hospital.x_train, hospital.y_train, sample_rate=release.sample_rate,
                                     episodes=cfg.meta_batch, support_fraction=plan.support_fraction, device=device)
     dp = RecordLevelDPStep(global_params, sigma=plan.sigma, max_grad_norm=plan.max_grad_norm,
                            episodes=cfg.meta_batch, lr=cfg.outer_lr, generator=noise_generator,
                            secure_mode=secure_mode, noise_scale=noise_scale)
     losses = []
-    for _ in range(plan.steps_per_round):
+    for _ in range(release.steps_per_round):
         batch = sampler.sample(rng)
         grads, loss = algorithm.episode_gradients(model, dp.current(), batch, inner)
         if canaries is not None:
-            grads = add_canaries(grads, canaries, sample_rate=plan.sample_rate, magnitude=plan.max_grad_norm,
+            grads = add_canaries(grads, canaries, sample_rate=release.sample_rate, magnitude=plan.max_grad_norm,
                                  rng=rng)
         dp.step(grads)
         losses.append(float(loss.mean()))
     local = dp.current()
     update = {k: (global_params[k] - local[k]).detach() for k in local}
     return LocalResult(update=update, train_loss=float(np.mean(losses)),
-                       episodes=plan.steps_per_round * cfg.meta_batch)
+                       episodes=release.steps_per_round * cfg.meta_batch)
+
+
+def _per_record_dp_sgd(model, global_params, hospital, cfg, plan, *, rng, noise_generator, secure_mode,
+                       device, noise_scale, canaries) -> LocalResult:
+    x = torch.as_tensor(hospital.x_train, device=device)
+    y = torch.as_tensor(hospital.y_train, device=device)
+    shapes = {k: v.detach() for k, v in global_params.items()}
+
+    def releaser(mechanism: str, episodes: int) -> PerRecordRelease:
+        r = plan.release(mechanism)
+        return PerRecordRelease(model, x, y, shapes=shapes, episodes=episodes, sample_rate=r.sample_rate,
+                                sigma=plan.sigma, max_grad_norm=plan.max_grad_norm, generator=noise_generator,
+                                secure_mode=secure_mode, noise_scale=noise_scale)
+
+    m = cfg.meta_batch
+    local = {k: v.detach().clone() for k, v in global_params.items()}
+    if cfg.algorithm == "fedavg":
+        step = releaser(DP_SGD, 1)
+        for _ in range(cfg.outer_steps):
+            g = step.release({k: v[None] for k, v in local.items()}, rng, canaries)
+            local = {k: local[k] - cfg.outer_lr * g[k][0] for k in local}
+    else:
+        inner = releaser(DP_SGD_SUPPORT if cfg.algorithm == "fomaml" else DP_SGD, m)
+        query = releaser(DP_SGD_QUERY, m) if cfg.algorithm == "fomaml" else None
+        for _ in range(cfg.outer_steps):
+            theta = {k: v[None].expand(m, *v.shape) for k, v in local.items()}
+            fast = dict(theta)
+            for _ in range(cfg.inner_steps):
+                g = inner.release(fast, rng, canaries)
+                fast = {k: fast[k] - cfg.inner_lr * g[k] for k in fast}
+            if query is not None:  # first-order MAML: the query gradient at the adapted weights
+                direction = query.release(fast, rng, canaries)
+            else:  # Reptile: the displacement of each episode's inner loop
+                direction = {k: theta[k] - fast[k] for k in theta}
+            local = {k: local[k] - cfg.outer_lr * direction[k].mean(0) for k in local}
+    update = {k: (global_params[k] - local[k]).detach() for k in local}
+    # Losses on private samples would be one more release; the train loss is not reported.
+    return LocalResult(update=update, train_loss=float("nan"), episodes=cfg.outer_steps * m)
