@@ -92,7 +92,7 @@ def _plot(reports: list[LedgerReport], path: Path) -> None:
             ax.scatter(*zip(*bad), marker="x", s=60, color="red", zorder=3)
         if math.isfinite(rep.max_epsilon):
             ax.axhline(rep.max_epsilon, ls=":", lw=1, color=line.get_color())
-    ax.set_xlabel("ledger entry (training round)")
+    ax.set_xlabel("ledger entry (one release kind of one round)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("epsilon (recomputed)")
     ax.set_title("privacy spent per hospital (dotted: cap, red x: mismatching row)")
