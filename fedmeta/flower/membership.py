@@ -34,7 +34,8 @@ def identify(grid: Grid, nodes: list[int], timeout: float) -> tuple[dict[int, Id
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            failed[node] = f"error reply: {reply.error.reason}"
+            lines = [line for line in reply.error.reason.splitlines() if line.strip()]
+            failed[node] = f"error reply (code {reply.error.code}): {lines[-1].strip() if lines else ''}"
             continue
         try:
             ident, sizes = reply.content["identity"], reply.content["sizes"]

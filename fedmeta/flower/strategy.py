@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,13 +36,21 @@ from fedmeta.history import RunHistory
 from fedmeta.meta.functional import Params
 from fedmeta.server_optimizer import ServerMetaOptimizer
 
-__all__ = ["FedMeta", "FederationStopped"]
+__all__ = ["FedMeta", "FederationStopped", "short_reason"]
 
 
 class FederationStopped(Exception):
     """Too few hospitals can train (privacy caps reached, or not connected): end the run."""
 
 log = logging.getLogger("fedmeta.server")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_reason(reason: str, limit: int = 300) -> str:
+    """The last line of an error reason (Flower puts a whole remote traceback there), uncoloured."""
+    lines = [line.strip() for line in _ANSI.sub("", reason).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class FedMeta(FedAvg):
@@ -164,12 +173,13 @@ class FedMeta(FedAvg):
         rec = self.history.round(server_round)
         rec.replied = sorted({*rec.replied, hospital})
         if msg.has_error():
+            reason = short_reason(msg.error.reason)
             if msg.error.code == BUDGET_EXHAUSTED:
                 self.declined.add(hospital)
-                rec.miss(hospital, "declined", msg.error.reason)
+                rec.miss(hospital, "declined", reason)
             else:
-                rec.miss(hospital, "error", f"error reply (code {msg.error.code}): {msg.error.reason}")
-            log.warning("round %d: hospital %s replied with an error: %s", server_round, hospital, msg.error.reason)
+                rec.miss(hospital, "error", f"error reply (code {msg.error.code}): {reason}")
+            log.warning("round %d: hospital %s replied with an error: %s", server_round, hospital, reason)
             return None
         try:
             update = record_to_params(msg.content["arrays"], self.optimizer.current())
@@ -231,8 +241,9 @@ class FedMeta(FedAvg):
         for msg in replies:
             hospital = self.members.hospital(msg.metadata.src_node_id)
             if msg.has_error():
-                rec.eval_missed[hospital] = f"error reply: {msg.error.reason}"
-                log.warning("round %d: evaluation failed at hospital %s: %s", server_round, hospital, msg.error.reason)
+                rec.eval_missed[hospital] = f"error reply (code {msg.error.code}): {short_reason(msg.error.reason)}"
+                log.warning("round %d: evaluation failed at hospital %s: %s", server_round, hospital,
+                            rec.eval_missed[hospital])
                 continue
             try:
                 m = msg.content["metrics"]
