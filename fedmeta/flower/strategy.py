@@ -50,6 +50,8 @@ def short_reason(reason: str, limit: int = 300) -> str:
     """The last line of an error reason (Flower puts a whole remote traceback there), uncoloured."""
     lines = [line.strip() for line in _ANSI.sub("", reason).splitlines() if line.strip()]
     text = lines[-1] if lines else ""
+    if text.endswith("'>"):  # Flower wraps a remote exception as "<class ...>:<'...'>"
+        text = text[:-2]
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
