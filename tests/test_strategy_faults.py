@@ -180,6 +180,25 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(tmp_path):
     assert {n for n, kind in renumbered.sent if kind == MessageType.TRAIN} <= {111, 122, 133}
 
 
+def test_a_hospital_down_when_the_server_restarts_rejoins_later(tmp_path):
+    cfg = _cfg(rounds=3)
+    c = Hospital("hospital-c")
+
+    def crash(server_round: int) -> None:
+        if server_round == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, cfg, Grid({11: Hospital("hospital-a"), 22: Hospital("hospital-b"), 33: c}), on_round_end=crash)
+    grid = Grid({41: Hospital("hospital-a"), 42: Hospital("hospital-b")})  # hospital-c is still down
+    strategy = _run(tmp_path, cfg, grid, restore_from=tmp_path,
+                    on_round_end=lambda r: grid.nodes.update({43: c}) if r == 2 else None)
+    r1, r2, r3 = strategy.history.rounds
+    assert r2.offline == ["hospital-c"] and r2.sampled == ["hospital-a", "hospital-b"]
+    assert r3.rejoined == ["hospital-c"] and set(r3.train) == {"hospital-a", "hospital-b", "hospital-c"}
+    assert strategy.history.hospitals == {"hospital-a": "train", "hospital-b": "train", "hospital-c": "train"}
+
+
 def test_a_checkpoint_of_another_config_is_refused_in_one_line(tmp_path):
     grid = Grid({11: Hospital("hospital-a")})
     _run(tmp_path, _cfg(rounds=1), grid)

@@ -107,10 +107,10 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     )
     strategy.history.devices = {v.hospital: v.device for v in identities.values()}
     if ckpt is not None:
-        if set(ckpt.history.hospitals) != set(strategy.history.hospitals):
-            raise FedMetaError(f"resume: the checkpoint's hospitals {sorted(ckpt.history.hospitals)} are not the "
-                               f"connected ones {sorted(strategy.history.hospitals)}")
-        strategy.restore(ckpt)
+        strangers = sorted(set(strategy.history.hospitals) - set(ckpt.history.hospitals))
+        if strangers:
+            raise FedMetaError(f"resume: {', '.join(strangers)} connected but took no part in the checkpointed run")
+        strategy.restore(ckpt)  # hospitals not connected yet may rejoin in a later round
     log.info("hospital devices: %s", strategy.history.devices)
     runtime = describe_runtime() if describe_runtime is not None else {}
     t_setup = time.perf_counter() - t0

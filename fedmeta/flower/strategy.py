@@ -95,6 +95,12 @@ class FedMeta(FedAvg):
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue after the checkpointed round: same model, optimizer state, history and refusals."""
         self.optimizer.load_state_dict(ckpt.server)
+        # A hospital whose node is down at the restart stays in the federation and may rejoin.
+        unknown = set(self.members.roles) - set(ckpt.history.hospitals)
+        if unknown:
+            raise ValueError(f"hospitals {sorted(unknown)} are not in the checkpointed run")
+        self.members.roles = dict(ckpt.history.hospitals)
+        self.trainers = sorted(h for h, role in self.members.roles.items() if role == "train")
         devices = self.history.devices
         self.history = ckpt.history
         self.history.devices = {**ckpt.history.devices, **devices}
