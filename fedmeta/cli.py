@@ -48,9 +48,17 @@ def _simulate(args: argparse.Namespace) -> None:
     from fedmeta.simulation import simulate
 
     load_federation(cfg)  # validate the data before creating anything
-    out = Path(args.out) if args.out else _default_out(Path(args.config), f"{cfg.meta.algorithm}-seed{cfg.seed}")
-    with staged_output_dir(out) as stage:
-        results = simulate(cfg, stage, progress=not args.quiet)
+    if args.resume:
+        from fedmeta.simulation import resume_simulation
+
+        out = Path(args.resume).resolve()
+        if args.out and Path(args.out).resolve() != out:
+            raise FedMetaError(f"--out {args.out}: a resumed run writes into the directory it resumes ({args.resume})")
+        results = resume_simulation(cfg, out, progress=not args.quiet, ray_address=args.ray_address or "")
+    else:
+        out = Path(args.out) if args.out else _default_out(Path(args.config), f"{cfg.meta.algorithm}-seed{cfg.seed}")
+        with staged_output_dir(out) as stage:
+            results = simulate(cfg, stage, progress=not args.quiet, ray_address=args.ray_address or "")
     _print_summary(results)
     print(f"results: {out}/results.json")
 
@@ -145,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="run one federation on Flower's simulation engine (Ray)")
     common(s)
+    s.add_argument("--resume", metavar="OUT_DIR",
+                   help="continue the killed run whose --out was OUT_DIR from its last checkpointed round")
+    s.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="run on this existing Ray cluster (default: $RAY_ADDRESS, else a new one on this machine)")
     s.set_defaults(func=_simulate)
     c = sub.add_parser("compare", help="run several algorithms and seeds on the same federation")
     common(c)

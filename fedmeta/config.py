@@ -96,14 +96,21 @@ class MetaConfig(_Section):
 
 
 class FederationConfig(_Section):
-    """Rounds, sampling and the resources Ray gives each simulated hospital."""
+    """Rounds, sampling, fault tolerance and the resources Ray gives each simulated hospital.
+
+    A round completes with the hospitals that replied within ``reply_timeout_s`` if at least
+    ``min_train_nodes`` of them sent a usable update; otherwise the global model is left unchanged.
+    """
 
     rounds: int = Field(20, ge=1)
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_train_nodes: int = Field(1, ge=1)
     client_cpus: float = Field(1.0, gt=0)
     client_gpus: float = Field(0.0, ge=0)
-    reply_timeout_s: float = Field(600.0, gt=0)
+    reply_timeout_s: float = Field(600.0, gt=0, description="a round goes on without hospitals that have not "
+                                   "replied within this time")
+    connect_timeout_s: float = Field(600.0, gt=0, description="how long the server waits for the hospitals to "
+                                     "connect and identify themselves at the start")
 
 
 class ServerConfig(_Section):

@@ -5,17 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RoundRecord", "RunHistory"]
+__all__ = ["MISS_KINDS", "RoundRecord", "RunHistory"]
+
+# Why a hospital that was sent work contributed nothing to a round.
+MISS_KINDS = ("no-reply", "error", "dropped", "declined")
 
 
 @dataclass
 class RoundRecord:
     round: int
-    sampled: list[str] = field(default_factory=list)
-    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    sampled: list[str] = field(default_factory=list)  # hospitals sent training work
+    replied: list[str] = field(default_factory=list)  # ... of which these sent a reply (usable or not)
+    train: dict[str, dict[str, float]] = field(default_factory=dict)  # replies used in the update
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)  # hospital -> why its reply was not used
+    missed: dict[str, dict[str, str]] = field(default_factory=dict)  # hospital -> {"kind", "reason"}
+    eval_missed: dict[str, str] = field(default_factory=dict)  # hospital -> why it has no score
+    offline: list[str] = field(default_factory=list)  # training hospitals not connected at the start
+    rejoined: list[str] = field(default_factory=list)  # hospitals identified on a new node this round
+    aggregated: bool = False  # False: too few usable replies, the global model is unchanged
     seconds: float = 0.0
+
+    def miss(self, hospital: str, kind: str, reason: str) -> None:
+        assert kind in MISS_KINDS, kind
+        self.missed[hospital] = {"kind": kind, "reason": reason}
 
 
 @dataclass
@@ -43,3 +55,8 @@ class RunHistory:
             "devices": self.devices,
             "rounds": [vars(r) for r in self.rounds],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunHistory":
+        return cls(hospitals=dict(data["hospitals"]), devices=dict(data.get("devices", {})),
+                   rounds=[RoundRecord(**r) for r in data["rounds"]])

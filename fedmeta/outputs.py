@@ -15,7 +15,7 @@ from torch import nn
 from fedmeta.config import ExperimentConfig
 from fedmeta.history import RunHistory
 
-__all__ = ["summarise", "write_run_outputs", "plot_metric"]
+__all__ = ["summarise", "write_run_outputs", "plot_metric", "missed_rounds"]
 
 
 def summarise(per_hospital: dict[str, dict[str, float]], roles: dict[str, str]) -> dict[str, Any]:
@@ -60,34 +60,47 @@ def plot_metric(history: RunHistory, metric: str, path: Path, title: str) -> Non
     plt.close(fig)
 
 
+def missed_rounds(history: RunHistory) -> dict[str, list[dict[str, Any]]]:
+    """Hospital -> the rounds it was sent work but contributed nothing, with the kind and reason."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in history.rounds:
+        for h, m in sorted(r.missed.items()):
+            out.setdefault(h, []).append({"round": r.round, **m})
+    return out
+
+
 def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHistory, model: nn.Module,
-                      timings: dict[str, float], stop_reason: str = "") -> dict[str, Any]:
+                      timings: dict[str, float], stop_reason: str = "", resumed_from_round: int = 0,
+                      runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
     final = history.final_eval()
     results = {
         "algorithm": cfg.meta.algorithm,
         "seed": cfg.seed,
-        "rounds_completed": sum(1 for r in history.rounds if r.train),
+        "rounds_completed": sum(1 for r in history.rounds if r.aggregated),
         "stopped_early": stop_reason,
+        "resumed_from_round": resumed_from_round,
+        "missed_rounds": missed_rounds(history),
         "final": {h: {**m, "role": history.hospitals[h]} for h, m in sorted(final.items())},
         "final_missing": sorted(set(history.hospitals) - set(final)),
         "summary": summarise(final, history.hospitals),
         "timings": {**timings, "round_s": [r.seconds for r in history.rounds]},
         "history": history.to_dict(),
+        "runtime": runtime or {},
         "config": json.loads(cfg.to_json()),
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     with (out_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["round", "hospital", "role", "auc", "accuracy", "auc_unadapted", "train_loss", "failed"])
+        w.writerow(["round", "hospital", "role", "auc", "accuracy", "auc_unadapted", "train_loss", "missed"])
         for r in history.rounds:
             for h, role in history.hospitals.items():
-                if h in r.eval or h in r.train or h in r.failed:
+                if h in r.eval or h in r.train or h in r.missed:
                     ev = r.eval.get(h, {})
                     w.writerow([r.round, h, role, ev.get("auc", ""), ev.get("accuracy", ""),
                                 ev.get("auc_unadapted", ""), r.train.get(h, {}).get("train-loss", ""),
-                                r.failed.get(h, "")])
+                                ": ".join(r.missed[h].values()) if h in r.missed else ""])
     torch.save(model.state_dict(), out_dir / "model.pt")
     title = f"{cfg.meta.algorithm}, seed {cfg.seed}"
     plot_metric(history, "auc", out_dir / "auc_per_round.png", title)

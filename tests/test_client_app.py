@@ -73,7 +73,11 @@ def test_parameters_of_the_wrong_shape_or_with_nan_are_refused(setup, kind):
     nan = {k: v.clone() for k, v in params.items()}
     next(iter(nan.values())).view(-1)[0] = float("nan")
     reply = _send(app, kind, nan)
-    assert reply.has_error() and "NaN or inf" in reply.error.reason
+    assert reply.has_error() and reply.error.code == BAD_ARRAYS and "NaN or inf" in reply.error.reason
+    inf = {k: v.clone() for k, v in params.items()}
+    list(inf.values())[-1].view(-1)[-1] = float("inf")
+    reply = _send(app, kind, inf)
+    assert reply.has_error() and reply.error.code == BAD_ARRAYS and "NaN or inf" in reply.error.reason
 
 
 def test_a_held_out_hospital_refuses_to_train(setup):

@@ -50,7 +50,8 @@ def test_hospitals_stop_at_their_cap_and_the_run_ends_cleanly(capped_run):
     res = json.loads((out / "results.json").read_text())
     rounds = {r["round"]: r for r in res["history"]["rounds"]}
     assert set(rounds[1]["train"]) == set(caps)
-    assert "hospital-01" not in rounds[2]["train"] and "declines to train" in rounds[2]["failed"]["hospital-01"]
+    assert "hospital-01" not in rounds[2]["train"] and rounds[2]["missed"]["hospital-01"]["kind"] == "declined"
+    assert "declines to train" in rounds[2]["missed"]["hospital-01"]["reason"]
     assert set(rounds[2]["train"]) == set(caps) - {"hospital-01"}
     assert not rounds[3]["train"]  # everyone else declines in round 3 ...
     assert "stopped before round 4" in res["stopped_early"]  # ... and the run stops cleanly

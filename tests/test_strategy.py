@@ -50,9 +50,7 @@ def test_meta_updates_are_averaged_by_example_count_then_stepped(tmp_path):
     for k in PARAMS:
         torch.testing.assert_close(new[k], PARAMS[k] - expected)
     assert metrics["hospitals"] == 2
-    ckpt = torch.load(tmp_path / "checkpoint.pt")
-    assert ckpt["round"] == 1
-    torch.testing.assert_close(ckpt["server"]["params"]["w"], new["w"])
+    assert strategy.history.round(1).aggregated
 
 
 def test_hostile_replies_are_dropped_and_named(tmp_path):
@@ -64,10 +62,22 @@ def test_hostile_replies_are_dropped_and_named(tmp_path):
     arrays, _ = strategy.aggregate_train(1, replies)
     new = arrays.to_torch_state_dict()
     torch.testing.assert_close(new["w"], PARAMS["w"] - 2.0)  # only hospital-a counted
-    failed = strategy.history.round(1).failed
-    assert "shape (3, 2)" in failed["hospital-b"]
-    assert "NaN or inf" in failed["hospital-c"]
+    missed = strategy.history.round(1).missed
+    assert missed["hospital-b"]["kind"] == "dropped" and "shape (3, 2)" in missed["hospital-b"]["reason"]
+    assert missed["hospital-c"]["kind"] == "dropped" and "NaN or inf" in missed["hospital-c"]["reason"]
     assert set(strategy.history.round(1).train) == {"hospital-a"}
+    assert strategy.history.round(1).replied == ["hospital-a", "hospital-b", "hospital-c"]
+
+
+def test_replies_with_inf_or_wrong_names_are_dropped_too(tmp_path):
+    strategy = _strategy(tmp_path, optimizer="sgd", lr=1.0)
+    inf = _upd(1.0)
+    inf["w"][1, 1] = float("-inf")
+    renamed = {"weight": torch.zeros(2, 2), "b": torch.zeros(2)}
+    arrays, _ = strategy.aggregate_train(1, [_reply(11, _upd(2.0)), _reply(22, inf), _reply(33, renamed)])
+    torch.testing.assert_close(arrays.to_torch_state_dict()["w"], PARAMS["w"] - 2.0)
+    missed = strategy.history.round(1).missed
+    assert "NaN or inf" in missed["hospital-b"]["reason"] and "names" in missed["hospital-c"]["reason"]
 
 
 def test_error_replies_and_bad_counts_leave_the_model_unchanged(tmp_path):
@@ -75,10 +85,11 @@ def test_error_replies_and_bad_counts_leave_the_model_unchanged(tmp_path):
     arrays, metrics = strategy.aggregate_train(
         1, [_reply(11, None, error="out of memory"), _reply(22, _upd(1.0), n=0.0)])
     assert arrays is None and metrics is None
-    failed = strategy.history.round(1).failed
-    assert "out of memory" in failed["hospital-a"] and "num-examples" in failed["hospital-b"]
+    missed = strategy.history.round(1).missed
+    assert missed["hospital-a"] == {"kind": "error", "reason": "error reply (code 1): out of memory"}
+    assert missed["hospital-b"]["kind"] == "dropped" and "num-examples" in missed["hospital-b"]["reason"]
     torch.testing.assert_close(strategy.optimizer.current()["w"], PARAMS["w"])
-    assert torch.load(tmp_path / "checkpoint.pt")["round"] == 1
+    assert not strategy.history.round(1).aggregated
 
 
 def test_only_training_hospitals_are_sampled(tmp_path):

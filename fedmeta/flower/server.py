@@ -1,21 +1,25 @@
 """The coordinator side: a Flower ServerApp that finds the hospitals, runs ``FedMeta`` and writes
 the run's outputs. The server never sees data: it learns each node's hospital and the feature count
-from a ``query`` message."""
+from a ``query`` message. A run killed mid-way continues from its checkpoint (``resume_from``)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from tqdm import tqdm
 
+from fedmeta.checkpoint import load_checkpoint
 from fedmeta.config import ExperimentConfig
 from fedmeta.errors import FedMetaError
+from fedmeta.flower.membership import Identity, identify
 from fedmeta.flower.records import params_to_record
 from fedmeta.flower.run_config import config_from_run_config
 from fedmeta.flower.strategy import FederationStopped, FedMeta
@@ -45,49 +49,75 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
                        f"within {timeout_s:.0f}s")
 
 
-def discover_hospitals(grid: Grid, expected: int, timeout_s: float) -> dict[int, tuple[str, str, int, str]]:
-    """``node_id -> (hospital, role, n_features, device)`` from each node's reply to a ``query``."""
+def discover_hospitals(grid: Grid, expected: int, timeout_s: float) -> dict[int, Identity]:
+    """``node_id -> Identity`` from each node's reply to a ``query``, once ``expected`` nodes are there."""
     nodes = _wait_for_nodes(grid, expected, timeout_s)
-    messages = [Message(RecordDict({"config": ConfigRecord({"ask": "identity"})}), dst_node_id=n,
-                        message_type=MessageType.QUERY) for n in nodes]
-    out: dict[int, tuple[str, str, int, str]] = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout_s):
-        if reply.has_error():
-            raise FedMetaError(f"node {reply.metadata.src_node_id} failed to identify itself: {reply.error.reason}")
-        ident, sizes = reply.content["identity"], reply.content["sizes"]
-        out[reply.metadata.src_node_id] = (str(ident["hospital"]), str(ident["role"]), int(sizes["n-features"]),
-                                           str(ident["device"]))
-    names = [v[0] for v in out.values()]
+    out, failed = identify(grid, nodes, timeout_s)
+    if failed:
+        node, why = sorted(failed.items())[0]
+        raise FedMetaError(f"node {node} failed to identify itself: {why}")
+    names = [v.hospital for v in out.values()]
     if len(set(names)) != len(names):
         raise FedMetaError(f"federation: two nodes claim the same hospital: {sorted(names)}")
-    if len({v[2] for v in out.values()}) != 1:
+    if len({v.n_features for v in out.values()}) != 1:
         raise FedMetaError("federation: hospitals disagree on the number of features")
     return out
 
 
+class SimulatedCrash(RuntimeError):
+    """Raised by the test switch ``_stop_after_round``."""
+
+
+def _round_done(server_round: int, bar: tqdm, stop_after: int) -> None:
+    bar.update(1)
+    if stop_after and server_round >= stop_after:
+        raise SimulatedCrash(f"stopped after round {server_round} (test switch)")
+
+
 def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_nodes: int = 0,
-                   progress: bool = True) -> None:
+                   progress: bool = True, resume_from: Path | None = None,
+                   describe_runtime: Callable[[], dict[str, Any]] | None = None,
+                   _stop_after_round: int = 0) -> None:
+    """Find the hospitals, run the rounds (from a checkpoint with ``resume_from``), write the outputs.
+
+    ``describe_runtime`` (called once the hospitals answered) says where the run executes; its
+    result goes into results.json. ``_stop_after_round`` ends the run abruptly after that round's
+    checkpoint, as a crash would (tests of ``resume`` only).
+    """
     t0 = time.perf_counter()
-    identities = discover_hospitals(grid, expected_nodes, timeout_s=cfg.federation.reply_timeout_s)
-    hospital_of = {n: v[0] for n, v in identities.items()}
-    train_nodes = [n for n, v in identities.items() if v[1] == "train"]
+    ckpt = None
+    if resume_from is not None:
+        if cfg.audit.canaries:
+            raise FedMetaError("resume: an empirical audit run cannot be resumed; start it again")
+        ckpt = load_checkpoint(resume_from, cfg)
+        log.warning("resuming after round %d of %d from %s", ckpt.round, cfg.federation.rounds, resume_from)
+    identities = discover_hospitals(grid, expected_nodes, timeout_s=cfg.federation.connect_timeout_s)
+    hospital_of = {n: v.hospital for n, v in identities.items()}
+    train_nodes = [n for n, v in identities.items() if v.role == "train"]
     if not train_nodes:
         raise FedMetaError("federation: no hospital is allowed to train (all held out)")
-    n_features = next(iter(identities.values()))[2]
+    n_features = next(iter(identities.values())).n_features
     model = build_model(cfg.model, n_features, cfg.seed)
-    bar = tqdm(total=cfg.federation.rounds, desc=f"{cfg.meta.algorithm} rounds", unit="round",
+    start = ckpt.round if ckpt else 0
+    bar = tqdm(total=cfg.federation.rounds, initial=start, desc=f"{cfg.meta.algorithm} rounds", unit="round",
                disable=not progress)
     strategy = FedMeta(
         cfg=cfg, hospital_of=hospital_of, train_nodes=train_nodes, initial_params=params_of(model),
-        checkpoint_dir=out_dir, on_round_end=lambda r: bar.update(1),
+        checkpoint_dir=out_dir, on_round_end=lambda r: _round_done(r, bar, _stop_after_round), n_features=n_features,
     )
-    strategy.history.devices = {v[0]: v[3] for v in identities.values()}
+    strategy.history.devices = {v.hospital: v.device for v in identities.values()}
+    if ckpt is not None:
+        strangers = sorted(set(strategy.history.hospitals) - set(ckpt.history.hospitals))
+        if strangers:
+            raise FedMetaError(f"resume: {', '.join(strangers)} connected but took no part in the checkpointed run")
+        strategy.restore(ckpt)  # hospitals not connected yet may rejoin in a later round
     log.info("hospital devices: %s", strategy.history.devices)
+    runtime = describe_runtime() if describe_runtime is not None else {}
     t_setup = time.perf_counter() - t0
     try:
         strategy.start(
             grid=grid,
-            initial_arrays=params_to_record(params_of(model)),
+            initial_arrays=params_to_record(strategy.optimizer.current()),
             num_rounds=cfg.federation.rounds,
             timeout=cfg.federation.reply_timeout_s,
             train_config=ConfigRecord({"algorithm": cfg.meta.algorithm}),
@@ -102,21 +132,30 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     write_run_outputs(
         out_dir, cfg=cfg, history=strategy.history, model=model,
         timings={"setup_s": t_setup, "total_s": time.perf_counter() - t0},
-        stop_reason=strategy.stop_reason,
+        stop_reason=strategy.stop_reason, resumed_from_round=start, runtime=runtime,
     )
 
 
 def build_server_app(config: ExperimentConfig | None = None, out_dir: Path | None = None,
-                     expected_nodes: int = 0, progress: bool = True) -> ServerApp:
-    """A ServerApp for ``config`` writing to ``out_dir``; both default to the run config."""
+                     expected_nodes: int = 0, progress: bool = True, resume_from: Path | None = None,
+                     describe_runtime: Callable[[], dict[str, Any]] | None = None,
+                     _stop_after_round: int = 0) -> ServerApp:
+    """A ServerApp for ``config`` writing to ``out_dir``; both default to the run config.
+
+    ``resume_from`` (run config ``resume-from``) is the output directory of a killed run: the run
+    continues after its last checkpointed round and, unless ``out-dir`` is set, writes there.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config or config_from_run_config(context.run_config)
-        out = out_dir or Path(str(context.run_config.get("out-dir", "") or "")
+        text = str(context.run_config.get("resume-from", "") or "")
+        resume = resume_from or (Path(text) if text else None)
+        out = out_dir or Path(str(context.run_config.get("out-dir", "") or "") or resume
                               or f"runs/flwr-{datetime.now():%Y%m%d-%H%M%S}")
         out.mkdir(parents=True, exist_ok=True)
-        run_federation(grid, cfg, out, expected_nodes=expected_nodes, progress=progress)
+        run_federation(grid, cfg, out, expected_nodes=expected_nodes, progress=progress, resume_from=resume,
+                       describe_runtime=describe_runtime, _stop_after_round=_stop_after_round)
 
     return app

@@ -1,0 +1,98 @@
+"""Who is who: the hospital behind each node, learned from each node's answer to a ``query``.
+
+Node ids are not stable: a SuperNode that restarts registers under a new id. The server therefore
+asks only nodes it has never seen, and a hospital's new node replaces its old one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+__all__ = ["Identity", "identify", "Membership"]
+
+log = logging.getLogger("fedmeta.server")
+
+
+@dataclass(frozen=True)
+class Identity:
+    hospital: str
+    role: str  # "train" / "held-out"
+    n_features: int
+    device: str
+
+
+def identify(grid: Grid, nodes: list[int], timeout: float) -> tuple[dict[int, Identity], dict[int, str]]:
+    """Ask ``nodes`` who they are: ``(identities, node -> why it gave none)``."""
+    messages = [Message(RecordDict({"config": ConfigRecord({"ask": "identity"})}), dst_node_id=n,
+                        message_type=MessageType.QUERY) for n in nodes]
+    found: dict[int, Identity] = {}
+    failed: dict[int, str] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            lines = [line for line in reply.error.reason.splitlines() if line.strip()]
+            failed[node] = f"error reply (code {reply.error.code}): {lines[-1].strip() if lines else ''}"
+            continue
+        try:
+            ident, sizes = reply.content["identity"], reply.content["sizes"]
+            found[node] = Identity(str(ident["hospital"]), str(ident["role"]), int(sizes["n-features"]),
+                                   str(ident["device"]))
+        except (KeyError, TypeError, ValueError) as err:
+            failed[node] = f"malformed identity: {err}"
+    for node in nodes:
+        if node not in found and node not in failed:
+            failed[node] = f"no reply within {timeout:.0f}s"
+    return found, failed
+
+
+class Membership:
+    """The current node of each hospital of the federation, kept up to date between rounds."""
+
+    def __init__(self, node_of: dict[str, int], roles: dict[str, str], n_features: int | None = None):
+        self.node_of = dict(node_of)
+        self.roles = dict(roles)
+        self.n_features = n_features
+        self._seen: set[int] = set(node_of.values())  # identified, refused or failed: never asked again
+        self.connected: set[str] = set(node_of)
+
+    def hospital(self, node: int) -> str:
+        for h, n in self.node_of.items():
+            if n == node:
+                return h
+        return f"node-{node}"
+
+    def refresh(self, grid: Grid, timeout: float) -> list[str]:
+        """Learn new nodes; return the hospitals that came back on a new node."""
+        live = set(grid.get_node_ids())
+        new = sorted(live - self._seen)
+        rejoined: list[str] = []
+        if new:
+            found, failed = identify(grid, new, timeout)
+            self._seen.update(new)
+            for node, why in failed.items():
+                log.warning("node %d did not identify itself (%s); it is ignored", node, why)
+            for node, ident in sorted(found.items()):
+                problem = self._mismatch(ident)
+                if problem:
+                    log.warning("node %d claims to be %s but %s; it is ignored", node, ident.hospital, problem)
+                    continue
+                if self.node_of.get(ident.hospital) != node:
+                    log.warning("hospital %s is back on node %d (was node %s)", ident.hospital, node,
+                                self.node_of.get(ident.hospital))
+                    self.node_of[ident.hospital] = node
+                    rejoined.append(ident.hospital)
+        self.connected = {h for h, n in self.node_of.items() if n in live}
+        return sorted(set(rejoined))
+
+    def _mismatch(self, ident: Identity) -> str:
+        if ident.hospital not in self.roles:
+            return "it is not part of this federation"
+        if ident.role != self.roles[ident.hospital]:
+            return f"its role is {ident.role}, not {self.roles[ident.hospital]}"
+        if self.n_features is not None and ident.n_features != self.n_features:
+            return f"it has {ident.n_features} features, not {self.n_features}"
+        return ""

@@ -1,0 +1,113 @@
+"""The simulation attached to an existing Ray cluster (``fedmeta simulate --ray-address``): a head
+node and a second node started here with ``ray start``, as on two machines of a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fedmeta.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = str(ROOT / "configs" / "ci.toml")
+RAY = Path(sys.executable).parent / "ray"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _processes_of(temp_dir: Path, gcs_port: int) -> list[int]:
+    """The cluster's live processes: each names its temp directory or the head's address."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        ours = any(str(temp_dir) in a or (a.startswith("--address=") and a.endswith(f":{gcs_port}")) for a in args)
+        if ours and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def _stop(temp_dir: Path, gcs_port: int) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        for pid in _processes_of(temp_dir, gcs_port):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while _processes_of(temp_dir, gcs_port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node (2 CPUs) and a second node (1 CPU) joined to it, as `ray start` on two machines."""
+    # Short path: Ray puts unix sockets under it, and those must stay under 108 characters.
+    temp_dir = Path(tempfile.mkdtemp(prefix="fedmeta-ray-", dir="/tmp"))
+    gcs, client, agent, dashboard, agent2 = _free_ports(5)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        for args in (["--head", "--num-cpus", "2", "--port", str(gcs), "--temp-dir", str(temp_dir),
+                      "--include-dashboard", "false", "--dashboard-port", str(dashboard),
+                      "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent)],
+                     ["--address", f"127.0.0.1:{gcs}", "--num-cpus", "1", "--dashboard-agent-listen-port", str(agent2)]):
+            subprocess.run([str(RAY), "start", *args, "--disable-usage-stats"], env=env, check=True,
+                           capture_output=True, text=True, timeout=180)
+        yield f"127.0.0.1:{gcs}", temp_dir
+    finally:
+        _stop(temp_dir, gcs)
+        leftover = _processes_of(temp_dir, gcs)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not leftover, f"Ray processes still running: {leftover}"
+
+
+@pytest.mark.skipif(not RAY.exists(), reason="the ray CLI is not installed in this environment")
+def test_the_simulation_runs_on_an_existing_two_node_ray_cluster(ray_cluster, tmp_path):
+    address, temp_dir = ray_cluster
+    out = tmp_path / "run"
+    assert main(["simulate", CI, "--ray-address", address, "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    runtime = res["runtime"]
+    assert runtime["attached"] and runtime["address"].endswith(f":{address.rsplit(':', 1)[1]}")
+    assert runtime["nodes"] == 2 and runtime["cpus"] == 3.0
+    # The cluster's own logs hold this process's driver of that job: the run used it, not a new one.
+    logs = temp_dir / "session_latest" / "logs"
+    assert list(logs.glob(f"python-core-driver-{runtime['job_id']}*_{os.getpid()}.log")), sorted(
+        p.name for p in logs.iterdir())
+    # One hospital actor per CPU of the cluster: more than the head has, so the second node ran some.
+    assert len(list(logs.glob(f"worker-*-{runtime['job_id']}-*.out"))) == 3
+    assert res["rounds_completed"] == 3 and len(res["final"]) == 5
+
+
+def test_an_address_where_no_cluster_answers_is_one_line(tmp_path, capsys, monkeypatch):
+    (port,) = _free_ports(1)
+    assert main(["simulate", CI, "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    monkeypatch.setenv("RAY_ADDRESS", "nowhere")
+    assert main(["simulate", CI, "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"fedmeta: error: --ray-address 127.0.0.1:{port}: no Ray cluster answers there (")
+    assert err[1] == "fedmeta: error: RAY_ADDRESS nowhere: expected auto or HOST:PORT"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,0 +1,60 @@
+"""The ServerApp as ``flwr run`` drives it (config from the run config, ``resume-from``), against the
+real hospital ClientApps called in this process through a stand-in grid (no Ray, no SuperLink)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmeta.flower.client import build_client_app
+from fedmeta.flower.server import SimulatedCrash, build_server_app
+
+CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+class InProcessGrid:
+    """Five hospitals on nodes ``first_id ..``; each message runs the ClientApp of its node."""
+
+    def __init__(self, run_config: dict, first_id: int):
+        self.app = build_client_app()
+        self.contexts = {first_id + i: Context(run_id=1, node_id=first_id + i, state=RecordDict(),
+                                               node_config={"partition-id": i, "num-partitions": 5},
+                                               run_config=run_config) for i in range(5)}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+
+
+def _run(run_config: dict, first_id: int, **app_kwargs) -> None:
+    app = build_server_app(progress=False, expected_nodes=5, **app_kwargs)
+    app(InProcessGrid(run_config, first_id), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                                     run_config=run_config))
+
+
+def test_resume_from_in_the_run_config_continues_a_killed_run(tmp_path):
+    config = {"config-file": CI, "overrides": "federation.rounds=3 server.optimizer='adam' server.lr=0.1"}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    _run({**config, "out-dir": str(whole)}, first_id=100)
+    with pytest.raises(SimulatedCrash):
+        _run({**config, "out-dir": str(cut)}, first_id=200, _stop_after_round=1)
+    # The restarted SuperLink numbers the nodes anew; outputs go to the resumed directory.
+    _run({**config, "resume-from": str(cut)}, first_id=300)
+    a, b = torch.load(cut / "model.pt"), torch.load(whole / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    res = json.loads((cut / "results.json").read_text())
+    assert res["resumed_from_round"] == 1 and [r["round"] for r in res["history"]["rounds"]] == [1, 2, 3]
+    adam_steps = torch.load(cut / "checkpoint.pt")["server"]["optimizer"]["state"][0]["step"]
+    assert float(adam_steps) == 3.0  # the optimizer state went on from the checkpoint
