@@ -21,16 +21,30 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _superlinks_of(flwr_home: Path) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split(None, 1)[0]) for line in out.splitlines()
-            if "flower-superlink" in line and str(flwr_home) in line]
+def _superlinks_of(marker: Path | str) -> list[int]:
+    """Live SuperLinks whose command line holds ``marker`` (read from /proc: ``ps`` may cut long
+    command lines when its output is not a terminal)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and "flower-superlink" in args and str(marker) in args:
+            pids.append(int(proc.name))
+    return pids
 
 
 @pytest.mark.skipif(shutil.which("flwr", path=str(BIN)) is None, reason="flwr CLI not installed in this env")
 def test_flwr_run_simulation(tmp_path):
     flwr_home = tmp_path / "flwr-home"
     out = tmp_path / "out"
+    others = _superlinks_of("--simulation")
+    # `flwr run` reuses whatever local SuperLink answers on its fixed port, even another project's.
+    assert not others, f"a local SuperLink is already running (pids {others}): this run would use it"
     before = {p: p.read_bytes() for p in (ROOT / "pyproject.toml", ROOT / "configs" / "ci.toml")}
     env = {**os.environ, "FLWR_HOME": str(flwr_home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
@@ -46,11 +60,15 @@ def test_flwr_run_simulation(tmp_path):
         assert len(results["final"]) == 5
         assert [r["round"] for r in results["history"]["rounds"]] == [1, 2, 3]
     finally:
-        for pid in _superlinks_of(flwr_home):
+        started = _superlinks_of(flwr_home)
+        for pid in started:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while _superlinks_of(flwr_home) and time.monotonic() < deadline:
             time.sleep(0.2)
+        for pid in _superlinks_of(flwr_home):
+            os.kill(pid, signal.SIGKILL)
+    assert started, "no SuperLink of this run was found to stop"
     assert not _superlinks_of(flwr_home)
     for path, content in before.items():
         assert path.read_bytes() == content, f"flwr run rewrote {path}"
