@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.deploy.certs import create_credentials
 from fedmeta.deploy.control import Control, write_connection
@@ -59,7 +60,7 @@ def test_three_hospitals_two_rounds_over_tls_with_node_auth(tmp_path, manager):
     assert any(f"round {r}/2 aggregated" in line for line in lines for r in (1, 2))
 
 
-def test_a_supernode_with_an_unregistered_key_is_refused(tmp_path, manager):
+def test_a_supernode_with_an_unregistered_key_is_refused(tmp_path, manager, capsys):
     creds = create_credentials(tmp_path / "certs", ["hospital-a", "intruder"])
     env = flower_env(tmp_path)
     manager.env.update(env)
@@ -67,7 +68,10 @@ def test_a_supernode_with_an_unregistered_key_is_refused(tmp_path, manager):
     start_superlink(manager, creds, tmp_path, port)
     write_connection(Path(env["FLWR_HOME"]), "test", f"127.0.0.1:{port}", creds.ca_cert)
     control = Control(flower_bin("flwr"), "test", env)
-    registered = control.register(creds.public_key("hospital-a"))  # the intruder's key is never registered
+    # `fedmeta deploy register` (the operator's command) registers hospital-a; the intruder's key never is.
+    assert main(["deploy", "register", str(creds.public_key("hospital-a")), "--superlink", f"127.0.0.1:{port}",
+                 "--root-certificates", str(creds.ca_cert)]) == 0
+    registered = int(capsys.readouterr().out.split("as node ")[1])
     spec = NodeSpec("intruder", {"hospital": "intruder"}, tmp_path / "nodes" / "intruder")
     node = start_supernode(manager, spec, superlink=f"127.0.0.1:{port}", root_certificates=creds.ca_cert,
                            private_key=creds.node_key("intruder"), port=free_port(), log_dir=tmp_path / "logs")

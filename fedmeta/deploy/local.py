@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -223,7 +224,11 @@ def deploy_local(cfg: ExperimentConfig, run_dir: Path, *, hospitals: list[str] |
         raise FedMetaError(f"{run_dir}: run directory already exists (choose another --out)")
     run_dir.mkdir(parents=True)
     t0 = time.monotonic()
-    specs = plan_nodes(cfg, run_dir, hospitals, max_epsilon)
+    try:
+        specs = plan_nodes(cfg, run_dir, hospitals, max_epsilon)
+    except FedMetaError:
+        shutil.rmtree(run_dir)  # created just above: a refused plan leaves nothing behind
+        raise
     creds = create_credentials(run_dir / "certs", [s.hospital for s in specs])
     env = flower_env(run_dir)
     port = free_port()
