@@ -21,6 +21,7 @@ from fedmeta.deploy.control import Control, write_connection
 from fedmeta.deploy.local import (NodeSpec, deploy_local, flower_bin, flower_env, free_port, start_superlink,
                                   start_supernode)
 from fedmeta.deploy.processes import ProcessManager, pid_alive
+from fedmeta.errors import FedMetaError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSPITALS = ["hospital-a", "hospital-b", "hospital-c"]
@@ -81,3 +82,13 @@ def test_a_supernode_with_an_unregistered_key_is_refused(tmp_path, manager, caps
     nodes = control.nodes()
     assert [int(n["node-id"]) for n in nodes] == [registered]
     assert all(n["status"] != "online" for n in nodes)
+
+
+def test_an_error_mid_run_stops_every_process(tmp_path, manager):
+    """A run that exceeds its time limit raises, and every process it started is stopped by then."""
+    cfg = load_config(ROOT / "configs" / "deploy.toml", ["federation.rounds=2"])
+    with pytest.raises(FedMetaError, match=r"^run \d+: not finished after 1s"):
+        deploy_local(cfg, tmp_path / "run", hospitals=["hospital-a"], announce=lambda line: None, manager=manager,
+                     timeout_s=1.0)
+    assert [p.name for p in manager.started] == ["superlink", "serverapp", "hospital-a"]
+    assert manager.alive_pids() == [] and not any(pid_alive(p.pid) for p in manager.started)
