@@ -124,4 +124,5 @@ def test_every_flag_is_accepted_by_the_installed_flower(compose):
                                         env={**os.environ, "COLUMNS": "200"}, timeout=60).stdout
         usage = helps[exe]
         for flag in _flags(compose["services"][service]):
-            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", usage), f"{service}: {exe} does not accept {flag}"
+            accepted = re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", usage)
+            assert accepted, f"{service}: {exe} does not accept {flag}"

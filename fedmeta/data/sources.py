@@ -109,7 +109,8 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
 
     cfg = config_from_json(cfg_json)
     if cfg.data.source == "synthetic":
-        (raw, index), n_features = _synthetic_site(cfg.data, cfg.seed, hospital, partition_id), cfg.data.synthetic.features
+        raw, index = _synthetic_site(cfg.data, cfg.seed, hospital, partition_id)
+        n_features = cfg.data.synthetic.features
     else:
         root = Path(data_dir or cfg.data.dir)
         if not (data_dir or cfg.data.dir):

@@ -135,8 +135,8 @@ def wait_listening(proc: ManagedProcess, port: int, timeout_s: float = 60.0) -> 
 def start_superlink(pm: ProcessManager, creds: Credentials, run_dir: Path, port: int) -> ManagedProcess:
     """``flower-superlink`` with TLS, SuperNode authentication and its own database file."""
     proc = pm.start("superlink", [
-        flower_bin("flower-superlink"), "--ssl-ca-certfile", str(creds.ca_cert), "--ssl-certfile", str(creds.server_cert),
-        "--ssl-keyfile", str(creds.server_key), "--enable-supernode-auth",
+        flower_bin("flower-superlink"), "--ssl-ca-certfile", str(creds.ca_cert),
+        "--ssl-certfile", str(creds.server_cert), "--ssl-keyfile", str(creds.server_key), "--enable-supernode-auth",
         "--isolation", "process", "--superexec-auth-secret-file", str(creds.superexec_secret),
         "--database", str(run_dir / "superlink.db"), "--host", "127.0.0.1", "--port", str(port),
         "--disable-runtime-dependency-installation",
@@ -173,7 +173,8 @@ def wait_nodes_online(control: Control, nodes: list[ManagedProcess], timeout_s: 
         if sum(n.get("status") == "online" for n in control.nodes()) >= len(nodes):
             return
         time.sleep(1.0)
-    raise FedMetaError(f"not all {len(nodes)} SuperNodes came online within {timeout_s:.0f}s (logs in {nodes[0].log_path.parent})")
+    raise FedMetaError(f"not all {len(nodes)} SuperNodes came online within {timeout_s:.0f}s "
+                       f"(logs in {nodes[0].log_path.parent})")
 
 
 def _checkpoint_round(path: Path) -> int | None:
@@ -246,7 +247,8 @@ def deploy_local(cfg: ExperimentConfig, run_dir: Path, *, hospitals: list[str] |
         summary["node_ids"] = {s.hospital: control.register(creds.public_key(s.hospital)) for s in specs}
         announce(f"registered {len(specs)} hospital keys: {', '.join(summary['node_ids'])}")
         start_server_executor(pm, creds, run_dir, port)
-        nodes = [start_supernode(pm, s, superlink=f"127.0.0.1:{port}", root_certificates=creds.root / s.hospital / "ca.crt",
+        nodes = [start_supernode(pm, s, superlink=f"127.0.0.1:{port}",
+                                 root_certificates=creds.root / s.hospital / "ca.crt",
                                  private_key=creds.node_key(s.hospital), port=free_port(), log_dir=run_dir / "logs")
                  for s in specs]
         wait_nodes_online(control, nodes)
