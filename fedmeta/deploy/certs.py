@@ -31,7 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmeta.errors import FedMetaError
 
-__all__ = ["DEFAULT_SANS", "Credentials", "create_credentials", "hospital_key_paths", "check_hospital_name"]
+__all__ = ["DEFAULT_SANS", "Credentials", "create_credentials", "check_hospital_name"]
 
 DEFAULT_SANS = ("127.0.0.1", "localhost", "superlink")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -73,11 +73,6 @@ def check_hospital_name(name: str) -> str:
         raise FedMetaError(f"--hospitals: {name!r} is not a usable hospital name "
                            "(letters, digits, '-', '_', '.'; not ca, superlink or public-keys)")
     return name
-
-
-def hospital_key_paths(root: Path, hospital: str) -> tuple[Path, Path]:
-    """The private and public key file of ``hospital`` under ``root``."""
-    return root / hospital / "node.key", root / "public-keys" / f"{hospital}.pub"
 
 
 def _san(name: str) -> x509.GeneralName:
