@@ -1,4 +1,5 @@
-"""``fedmeta`` command line: ``simulate`` one federation, ``compare`` algorithms and seeds.
+"""``fedmeta`` command line: ``simulate`` one federation, ``compare`` algorithms and seeds,
+``audit`` privacy ledgers, ``deploy`` credentials and ``deploy-local`` (the deployment on 127.0.0.1).
 
 User errors (bad config, bad data) print one line and exit 2 with nothing left behind.
 """
@@ -6,6 +7,7 @@ User errors (bad config, bad data) print one line and exit 2 with nothing left b
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -138,6 +140,54 @@ def _audit(args: argparse.Namespace) -> int:
     return 1 if any(r.mismatches for r in reports) else 0
 
 
+def _deploy_certs(args: argparse.Namespace) -> None:
+    from fedmeta.deploy.certs import DEFAULT_SANS, create_credentials
+
+    creds = create_credentials(Path(args.outdir), args.hospitals, args.san, force=args.force)
+    root = creds.root
+    print(f"CA:        {root}/ca/ca.crt (its key {root}/ca/ca.key: keep it offline)")
+    print(f"SuperLink: {root}/superlink/ (server.crt for {', '.join([*DEFAULT_SANS, *(args.san or [])])})")
+    for h in creds.hospitals:
+        print(f"{h:<10} {root}/{h}/ (ca.crt, node.key, node.pub): give this folder to {h} only")
+    print(f"register:  fedmeta deploy register {root}/public-keys/*.pub --superlink HOST:PORT --root-certificates "
+          f"{root}/superlink/ca.crt")
+
+
+def _deploy_register(args: argparse.Namespace) -> None:
+    from fedmeta.deploy.register import register_keys
+
+    for key, node_id in register_keys(args.public_keys, superlink=args.superlink,
+                                      root_certificates=Path(args.root_certificates)):
+        print(f"registered {key} as node {node_id}")
+
+
+def _deploy_local(args: argparse.Namespace) -> None:
+    import signal
+
+    from fedmeta.deploy.local import PROJECT_ROOT, deploy_local
+
+    cfg = _load(args)
+    if cfg.data.leave_one_out:
+        raise FedMetaError(f"{args.config}: data.leave_one_out runs one federation per hospital: not deployable")
+    out = Path(args.out) if args.out else _default_out(Path(args.config), "deploy-local")
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # stop the processes we started, as on Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminate)
+    summary = deploy_local(cfg, out, hospitals=args.hospitals, project=Path(args.project or PROJECT_ROOT),
+                           max_epsilon=args.max_epsilon, timeout_s=args.timeout,
+                           announce=lambda line: print(line, file=sys.stderr, flush=True))
+    results = json.loads(Path(summary["results"]).read_text())
+    _print_summary(results)
+    rounds = summary["round_s"]
+    print("round time: " + ", ".join(f"{s:.1f}s" for s in rounds)
+          + (f" (mean {sum(rounds) / len(rounds):.1f}s)" if rounds else ""))
+    print(f"run {summary['run_id']}: {summary['status']} in {summary['run_s']:.1f}s "
+          f"({summary['total_s']:.1f}s with start and stop); all processes stopped: {summary['stopped']}")
+    print(f"results: {summary['results']}; logs: {out}/logs")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmeta", description="Federated meta-learning for hospitals.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -174,6 +224,40 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--data-dir", help="directory with the data of a csv / uci-heart config")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=_audit)
+
+    d = sub.add_parser("deploy", help="credentials of a multi-site deployment (see README, Deployment)")
+    dsub = d.add_subparsers(dest="deploy_command", required=True)
+    dc = dsub.add_parser("certs", help="create a CA, the SuperLink certificate and one key pair per hospital")
+    dc.add_argument("outdir", help="directory for the credentials (one folder per destination)")
+    dc.add_argument("--hospitals", nargs="+", required=True, metavar="NAME", help="one key pair per hospital")
+    dc.add_argument("--san", action="append", metavar="NAME",
+                    help="extra DNS name or IP of the SuperLink for its certificate (repeatable); "
+                         "127.0.0.1, localhost and superlink are always included")
+    dc.add_argument("--force", action="store_true", help="replace existing credentials")
+    dc.set_defaults(func=_deploy_certs)
+    dr = dsub.add_parser("register", help="register hospitals' public keys with a running SuperLink")
+    dr.add_argument("public_keys", nargs="+", help="public key files (public-keys/<hospital>.pub)")
+    dr.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink address HOST:PORT "
+                    "(default 127.0.0.1:8000, the port docker-compose.yml publishes)")
+    dr.add_argument("--root-certificates", required=True, metavar="CA_CERT",
+                    help="the CA certificate that signed the SuperLink's certificate")
+    dr.set_defaults(func=_deploy_register)
+
+    dl = sub.add_parser("deploy-local", help="run the deployment topology on this machine: a SuperLink with "
+                        "TLS and SuperNode auth, one SuperNode per hospital, `flwr run`")
+    dl.add_argument("config", help="experiment config (TOML), e.g. configs/deploy.toml")
+    dl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    dl.add_argument("--data-dir", help="directory with the data of a csv / uci-heart config; each node "
+                    "sees only its own file")
+    dl.add_argument("--seed", type=int, help="shorthand for --set seed=N")
+    dl.add_argument("--hospitals", nargs="+", metavar="NAME",
+                    help="node names (synthetic: the generated sites in order; csv / uci-heart: a subset)")
+    dl.add_argument("--max-epsilon", type=float, help="each hospital's privacy cap (node config max-epsilon)")
+    dl.add_argument("--project", help="the fedmeta project directory that `flwr run` submits "
+                    "(default: this installation's)")
+    dl.add_argument("--timeout", type=float, default=1800.0, help="seconds the run may take (default 1800)")
+    dl.add_argument("--out", help="run directory (must not exist; default runs/<name>-deploy-local-<time>)")
+    dl.set_defaults(func=_deploy_local)
     return p
 
 

@@ -16,7 +16,7 @@ from fedmeta.config import DataConfig
 from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 
-__all__ = ["load_csv_sites", "require_dir"]
+__all__ = ["load_csv_sites", "load_csv_site", "require_dir"]
 
 
 def require_dir(cfg: DataConfig) -> Path:
@@ -95,3 +95,13 @@ def load_csv_sites(cfg: DataConfig) -> tuple[list[RawSite], list[str]]:
         sites.append(RawSite(name=path.stem, x=x, y=y, origin=str(path)))
     assert reference is not None
     return sites, reference[1]
+
+
+def load_csv_site(cfg: DataConfig, hospital: str, data_dir: Path) -> tuple[RawSite, list[str]]:
+    """Read one hospital's ``<data_dir>/<hospital>.csv``: what a deployed hospital node has mounted."""
+    path = data_dir / f"{hospital}.csv"
+    if not path.is_file():
+        found = ", ".join(sorted(p.name for p in data_dir.glob("*.csv"))) or "none"
+        raise FedMetaError(f"{path}: data file of hospital {hospital!r} not found (CSV files there: {found})")
+    features, x, y = _read_one(path, cfg.label)
+    return RawSite(name=hospital, x=x, y=y, origin=str(path)), features

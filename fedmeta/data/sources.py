@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
 
 from fedmeta.config import DataConfig, ExperimentConfig
-from fedmeta.data.csv_source import load_csv_sites
-from fedmeta.data.hospital import Federation, RawSite, preprocess_site
+from fedmeta.data.csv_source import load_csv_site, load_csv_sites
+from fedmeta.data.hospital import Federation, Hospital, RawSite, preprocess_site
 from fedmeta.data.synthetic import generate_synthetic
-from fedmeta.data.uci_heart import load_uci_heart_sites
+from fedmeta.data.uci_heart import UCI_SITES, load_uci_heart_site, load_uci_heart_sites
 from fedmeta.errors import FedMetaError
 
-__all__ = ["SOURCES", "load_federation", "training_hospitals"]
+__all__ = ["SOURCES", "load_federation", "load_hospital", "OwnHospital", "training_hospitals"]
 
 
 def _synthetic(cfg: DataConfig, seed: int) -> tuple[list[RawSite], list[str]]:
@@ -27,20 +30,24 @@ SOURCES: dict[str, Callable[[DataConfig, int], tuple[list[RawSite], list[str]]]]
 }
 
 
-def _check_shots(fed: Federation, cfg: ExperimentConfig) -> None:
+def _check_hospital(h: Hospital, cfg: ExperimentConfig) -> None:
     held = set(cfg.data.held_out)
+    neg, pos = h.class_counts()
+    # Training sites need `shots` per class for the support set and one more example for the query.
+    need = cfg.eval.shots if h.name in held else max(cfg.meta.shots, cfg.eval.shots)
+    if min(neg, pos) < need or (h.name not in held and h.n_train < 2 * cfg.meta.shots + 1):
+        raise FedMetaError(
+            f"hospital {h.name!r}: too few examples for the configured shots: its train split has "
+            f"{neg} negative / {pos} positive, needs at least {need} of each "
+            "(lower meta.shots / eval.shots or data.test_fraction)"
+        )
+    if len(set(h.y_test.tolist())) < 2:
+        raise FedMetaError(f"hospital {h.name!r}: its test split has a single class: AUC is undefined")
+
+
+def _check_shots(fed: Federation, cfg: ExperimentConfig) -> None:
     for h in fed.hospitals:
-        neg, pos = h.class_counts()
-        # Training sites need `shots` per class for the support set and one more example for the query.
-        need = cfg.eval.shots if h.name in held else max(cfg.meta.shots, cfg.eval.shots)
-        if min(neg, pos) < need or (h.name not in held and h.n_train < 2 * cfg.meta.shots + 1):
-            raise FedMetaError(
-                f"hospital {h.name!r}: too few examples for the configured shots: its train split has "
-                f"{neg} negative / {pos} positive, needs at least {need} of each "
-                "(lower meta.shots / eval.shots or data.test_fraction)"
-            )
-        if len(set(h.y_test.tolist())) < 2:
-            raise FedMetaError(f"hospital {h.name!r}: its test split has a single class: AUC is undefined")
+        _check_hospital(h, cfg)
 
 
 @lru_cache(maxsize=8)
@@ -71,3 +78,62 @@ def load_federation(cfg: ExperimentConfig) -> Federation:
 
 def training_hospitals(fed: Federation, cfg: ExperimentConfig) -> list[str]:
     return [n for n in fed.names if n not in set(cfg.data.held_out)]
+
+
+class OwnHospital(NamedTuple):
+    """One deployed node's hospital, its feature count and its index (seeds its local randomness)."""
+
+    hospital: Hospital
+    n_features: int
+    index: int
+
+
+def _synthetic_site(cfg: DataConfig, seed: int, hospital: str, partition_id: int | None) -> tuple[RawSite, int]:
+    sites = generate_synthetic(cfg.synthetic, seed)
+    for i, site in enumerate(sites):
+        if site.name == hospital:
+            return site, i
+    if partition_id is None:
+        raise FedMetaError(f"node config hospital: unknown hospital {hospital!r} of the synthetic source "
+                           f"(its hospitals: {', '.join(s.name for s in sites)}; or also give partition-id)")
+    if not 0 <= partition_id < len(sites):
+        raise FedMetaError(f"node config partition-id: {partition_id} is out of range "
+                           f"(data.synthetic.hospitals = {len(sites)})")
+    site = sites[partition_id]
+    return RawSite(name=hospital, x=site.x, y=site.y, origin=f"{site.origin} (site {partition_id})"), partition_id
+
+
+@lru_cache(maxsize=8)
+def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: int | None) -> OwnHospital:
+    from fedmeta.config import config_from_json
+
+    cfg = config_from_json(cfg_json)
+    if cfg.data.source == "synthetic":
+        raw, index = _synthetic_site(cfg.data, cfg.seed, hospital, partition_id)
+        n_features = cfg.data.synthetic.features
+    else:
+        root = Path(data_dir or cfg.data.dir)
+        if not (data_dir or cfg.data.dir):
+            raise FedMetaError(f"node config data-dir: the {cfg.data.source!r} source needs this hospital's "
+                               "data directory (node config data-dir=DIR)")
+        if not root.is_dir():
+            raise FedMetaError(f"node config data-dir: {root}: directory not found")
+        if cfg.data.source == "csv":
+            raw, features = load_csv_site(cfg.data, hospital, root)
+            index = zlib.crc32(hospital.encode()) % 2**31
+        else:
+            raw, features = load_uci_heart_site(hospital, root)
+            index = list(UCI_SITES).index(hospital)
+        n_features = len(features)
+        index = index if partition_id is None else partition_id
+    site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed)
+    _check_hospital(site, cfg)
+    return OwnHospital(site, n_features, index)
+
+
+def load_hospital(cfg: ExperimentConfig, hospital: str, data_dir: str = "",
+                  partition_id: int | None = None) -> OwnHospital:
+    """Load, split and preprocess one hospital only, and its feature count: what a deployed node
+    does with its own data directory (``data_dir``; default ``data.dir``). A synthetic site is
+    found by name, or by ``partition_id`` under the name the node was given."""
+    return _load_one_cached(cfg.to_json(), hospital, data_dir, partition_id)

@@ -17,7 +17,7 @@ from fedmeta.data.csv_source import require_dir
 from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 
-__all__ = ["UCI_SITES", "load_uci_heart_sites"]
+__all__ = ["UCI_SITES", "load_uci_heart_sites", "load_uci_heart_site"]
 
 UCI_SITES = {
     "cleveland": "processed.cleveland.data",
@@ -86,3 +86,14 @@ def load_uci_heart_sites(cfg: DataConfig) -> tuple[list[RawSite], list[str]]:
             raise FedMetaError(f"{path}: UCI Heart Disease file not found (expected the four processed.*.data files)")
         sites.append(_read_site(path, name))
     return sites, feature_names()
+
+
+def load_uci_heart_site(hospital: str, data_dir: Path) -> tuple[RawSite, list[str]]:
+    """Read one hospital's ``processed.<site>.data`` from ``data_dir``."""
+    if hospital not in UCI_SITES:
+        raise FedMetaError(f"node config hospital: unknown UCI Heart Disease hospital {hospital!r} "
+                           f"(expected one of {', '.join(UCI_SITES)})")
+    path = data_dir / UCI_SITES[hospital]
+    if not path.is_file():
+        raise FedMetaError(f"{path}: data file of hospital {hospital!r} not found")
+    return _read_site(path, hospital), feature_names()

@@ -18,7 +18,8 @@ from flwr.clientapp import ClientApp
 
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.hospital import Hospital
-from fedmeta.data.sources import load_federation
+from fedmeta.data.sources import load_federation, load_hospital
+from fedmeta.errors import FedMetaError
 from fedmeta.evaluation import NonFiniteModelError, evaluate_few_shot, score_params
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
 from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT
@@ -42,15 +43,29 @@ class _Site:
     device: torch.device
 
 
+def _node_partition(node_config: dict) -> int | None:
+    value = node_config.get("partition-id")
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise FedMetaError(f"node config partition-id: expected an integer, got {value!r}") from None
+
+
 def _site(cfg: ExperimentConfig, context: Context) -> _Site:
-    fed = load_federation(cfg)
-    name = context.node_config.get("hospital")
+    """This node's hospital. Deployment: node config ``hospital`` (+ ``data-dir`` for csv / uci-heart)
+    loads that hospital alone; simulation: ``partition-id`` indexes the whole federation."""
+    node = context.node_config
+    name = node.get("hospital")
     if name:
-        index = fed.names.index(str(name))
+        own = load_hospital(cfg, str(name), str(node.get("data-dir", "") or ""), _node_partition(node))
+        hospital, n_features, index = own
     else:
-        index = int(context.node_config["partition-id"])
-    hospital = fed.hospitals[index]
-    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, fed.n_features, pick_device())
+        fed = load_federation(cfg)
+        index = int(node["partition-id"])
+        hospital, n_features = fed.hospitals[index], fed.n_features
+    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, n_features, pick_device())
 
 
 def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Params] | Message:
