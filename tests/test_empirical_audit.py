@@ -17,7 +17,7 @@ AUDIT = ["model.hidden=[64,64]", "data.synthetic.features=16", "federation.round
          "audit.canaries=200", 'audit.hospital="hospital-01"', "eval.every=10", "eval.draws=1"]
 PRIVATE = ['privacy.mode="record"', "privacy.noise_multiplier=12.0"]
 # First-order MAML: per-record DP-SGD releases (support and query), canaries sampled into each.
-PER_RECORD = ['privacy.mode="record"', "privacy.noise_multiplier=8.0", 'meta.algorithm="fomaml"']
+PER_RECORD = ['privacy.mode="record"', "privacy.noise_multiplier=4.0", 'meta.algorithm="fomaml"', "meta.meta_batch=4"]
 CONSTRUCTIONS = pytest.mark.parametrize("private", [PRIVATE, PER_RECORD], ids=["per-episode", "per-record"])
 
 

@@ -1,10 +1,10 @@
 """Per-record DP-SGD (first-order MAML, Reptile, FedAvg): each record's gradient clipped to C by
 Opacus, noise of std sigma*C per episode, independent across episodes; the planned releases and
-their calibration checked against Opacus' accountant; two ledger rows a round for first-order MAML."""
+their calibration checked against Opacus' accountant; two ledger rows a round for first-order MAML.
+(The Flower path of record mode runs end to end in test_privacy_budget and test_empirical_audit.)"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from fedmeta.cli import main
 from fedmeta.config import load_config
-from fedmeta.models import MLP
+from fedmeta.data.sources import load_federation
+from fedmeta.local_round import train_hospital_round
+from fedmeta.meta.functional import params_of
+from fedmeta.models import MLP, build_model
 from fedmeta.privacy.accounting import epsilon_of
 from fedmeta.privacy.ledger import PrivacyLedger
 from fedmeta.privacy.ledger_audit import audit_ledger
@@ -113,17 +115,19 @@ def test_the_planned_releases_and_their_calibration(algorithm, kinds):
     assert 3.98 <= eps <= 4.0 + 1e-9
 
 
-def test_first_order_maml_end_to_end_two_ledger_rows_a_round(tmp_path):
-    out = tmp_path / "run"
-    code = main(["simulate", CI, "--set", 'privacy.mode="record"', "--set", "privacy.noise_multiplier=1.0",
-                 "--set", 'meta.algorithm="fomaml"', "--set", "federation.rounds=2", "--out", str(out), "--quiet"])
-    assert code == 0
-    res = json.loads((out / "results.json").read_text())
-    assert all(np.isfinite(v["auc"]) for v in res["final"].values())
-    for h in res["final"]:
-        path = out / "ledgers" / f"{h}.sqlite"
+def test_first_order_maml_rounds_write_two_ledger_rows_each_before_returning(tmp_path):
+    cfg = load_config(CI, ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'meta.algorithm="fomaml"'])
+    hospital = load_federation(cfg).hospitals[0]
+    model = build_model(cfg.model, hospital.x_train.shape[1], cfg.seed)
+    params, path = params_of(model), tmp_path / "ledger.sqlite"
+    for r in (1, 2):
+        outcome = train_hospital_round(cfg, hospital, 0, model, params, server_round=r, run_id="run", ledger_path=path,
+                                       max_epsilon=None, device=torch.device("cpu"))
+        assert all(torch.isfinite(u).all() for u in outcome.result.update.values())
+        params = {k: params[k] - outcome.result.update[k] for k in params}
         rows = PrivacyLedger.read_only(path)
-        assert [(r.round, r.mechanism) for r in rows] == [(1, DP_SGD_SUPPORT), (1, DP_SGD_QUERY),
-                                                          (2, DP_SGD_SUPPORT), (2, DP_SGD_QUERY)]
-        assert rows[0].epsilon < rows[1].epsilon < rows[2].epsilon < rows[3].epsilon
-        assert not audit_ledger(path).mismatches
+        assert outcome.privacy["epsilon"] == rows[-1].epsilon
+    assert [(r.round, r.mechanism) for r in rows] == [(1, DP_SGD_SUPPORT), (1, DP_SGD_QUERY),
+                                                      (2, DP_SGD_SUPPORT), (2, DP_SGD_QUERY)]
+    assert rows[0].epsilon < rows[1].epsilon < rows[2].epsilon < rows[3].epsilon
+    assert not audit_ledger(path).mismatches
