@@ -30,17 +30,16 @@ class Mechanism:
 def make_accountant(name: str, history: Iterable[Mechanism] = ()) -> IAccountant:
     """An Opacus accountant (``prv`` or ``rdp``) that has seen ``history``."""
     accountant = create_accountant(mechanism=name)
-    # Opacus' own form: consecutive steps with equal (sigma, q) merged into one entry (PRV's cost
-    # grows with the number of entries, not of steps).
-    merged: list[tuple[float, float, int]] = []
+    # Composition does not depend on the order of the releases, so every release with the same
+    # (sigma, q) is one entry with the steps summed (Opacus merges only consecutive ones). PRV's cost
+    # grows with the number of entries: a round of two alternating release kinds would otherwise
+    # add two entries a round.
+    steps: dict[tuple[float, float], int] = {}
     for m in history:
-        if m.steps <= 0:
-            continue
-        if merged and merged[-1][:2] == (m.sigma, m.sample_rate):
-            merged[-1] = (m.sigma, m.sample_rate, merged[-1][2] + m.steps)
-        else:
-            merged.append((m.sigma, m.sample_rate, m.steps))
-    accountant.history = merged
+        if m.steps > 0:
+            key = (m.sigma, m.sample_rate)
+            steps[key] = steps.get(key, 0) + m.steps
+    accountant.history = [(sigma, q, n) for (sigma, q), n in steps.items()]
     return accountant
 
 
