@@ -281,6 +281,7 @@ class LocalDeployment:
             self.node_ids = json.loads((self.run_dir / "plan.json").read_text()).get("node_ids", {})
             if not known or set(self.node_ids.values()) - known:
                 raise FedMetaError(f"--resume {self.run_dir}: superlink.db does not hold the registered nodes")
+            self._wait_nodes_offline()
         else:
             self.node_ids = {s.hospital: self.control.register(self.creds.public_key(s.hospital)) for s in self.specs}
             plan = json.loads((self.run_dir / "plan.json").read_text())
@@ -295,6 +296,23 @@ class LocalDeployment:
         wait_nodes_online(self.control, nodes)
         self.announce(f"{len(nodes)} SuperNodes online ({time.monotonic() - self.t0:.1f}s since start); pids: "
                       + ", ".join(f"{p.name} {p.pid}" for p in [link, self.pm.processes["serverapp"], *nodes]))
+
+    def _wait_nodes_offline(self, timeout_s: float = 120.0) -> None:
+        """Until the SuperLink lists none of our nodes online. Nodes killed with the SuperLink (or
+        stopped while it was down) stay online in its database until their heartbeats expire (up to
+        60 s), and Flower refuses to activate a node id that is listed online."""
+        t = time.monotonic()
+        said = False
+        while stale := sorted(h for h, status in self.node_statuses().items() if status == "online"):
+            if time.monotonic() - t > timeout_s:
+                raise FedMetaError(f"{', '.join(stale)}: still listed online by the SuperLink after {timeout_s:.0f}s")
+            if not said:
+                self.announce(f"waiting for the SuperLink to list {', '.join(stale)} offline (up to 60 s after "
+                              "their last heartbeat) before starting them again")
+                said = True
+            time.sleep(2.0)
+        if said:
+            self.announce(f"old SuperNodes listed offline after {time.monotonic() - t:.1f}s")
 
     def submit(self, resume_from: Path | None = None) -> int:
         """``flwr run`` of the project; with ``resume_from`` (default on a resumed deployment: its
@@ -355,9 +373,13 @@ class LocalDeployment:
         self.announce(f"{name}: killed (exit {code})")
         return code
 
+    def node_statuses(self) -> dict[str, str]:
+        """Each hospital's node status at the SuperLink (``online``, ``offline``, ...)."""
+        status = {int(n["node-id"]): str(n.get("status")) for n in self.control.nodes()}
+        return {h: status.get(node_id, "unknown") for h, node_id in self.node_ids.items()}
+
     def node_status(self, hospital: str) -> str:
-        node_id = self.node_ids[hospital]
-        return next((str(n.get("status")) for n in self.control.nodes() if int(n["node-id"]) == node_id), "unknown")
+        return self.node_statuses()[hospital]
 
     def restart(self, name: str, timeout_s: float = 120.0) -> ManagedProcess:
         """Start a killed process again with the same command line. A SuperNode is restarted only
