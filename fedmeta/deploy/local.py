@@ -354,7 +354,8 @@ class LocalDeployment:
         asked = t_run
         while True:
             if time.monotonic() - t_run > timeout_s:
-                raise FedMetaError(f"run {run_id}: not finished after {timeout_s:.0f}s (logs in {self.run_dir / 'logs'})")
+                raise FedMetaError(f"run {run_id}: not finished after {timeout_s:.0f}s "
+                                   f"(logs in {self.run_dir / 'logs'})")
             self._check_processes()
             if until_round is not None and (r := self.checkpoint_round()) >= until_round:
                 return f"round {r}"
