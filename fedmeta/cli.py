@@ -169,14 +169,16 @@ def _deploy_local(args: argparse.Namespace) -> None:
     cfg = _load(args)
     if cfg.data.leave_one_out:
         raise FedMetaError(f"{args.config}: data.leave_one_out runs one federation per hospital: not deployable")
-    out = Path(args.out) if args.out else _default_out(Path(args.config), "deploy-local")
+    if args.resume and args.out:
+        raise FedMetaError("deploy-local: give --out for a new run or --resume RUN_DIR, not both")
+    out = Path(args.resume or args.out or _default_out(Path(args.config), "deploy-local"))
 
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # stop the processes we started, as on Ctrl-C
 
     signal.signal(signal.SIGTERM, _terminate)
     summary = deploy_local(cfg, out, hospitals=args.hospitals, project=Path(args.project or PROJECT_ROOT),
-                           max_epsilon=args.max_epsilon, timeout_s=args.timeout,
+                           max_epsilon=args.max_epsilon, timeout_s=args.timeout, resume=bool(args.resume),
                            announce=lambda line: print(line, file=sys.stderr, flush=True))
     results = json.loads(Path(summary["results"]).read_text())
     _print_summary(results)
@@ -257,6 +259,9 @@ def _parser() -> argparse.ArgumentParser:
                     "(default: this installation's)")
     dl.add_argument("--timeout", type=float, default=1800.0, help="seconds the run may take (default 1800)")
     dl.add_argument("--out", help="run directory (must not exist; default runs/<name>-deploy-local-<time>)")
+    dl.add_argument("--resume", metavar="RUN_DIR", help="the run directory of an interrupted deploy-local: "
+                    "start its SuperLink (same database), ServerApp executor and SuperNodes again and continue "
+                    "after the last checkpointed round (same config and --set as the interrupted run)")
     dl.set_defaults(func=_deploy_local)
     return p
 

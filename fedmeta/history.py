@@ -21,7 +21,7 @@ class RoundRecord:
     missed: dict[str, dict[str, str]] = field(default_factory=dict)  # hospital -> {"kind", "reason"}
     eval_missed: dict[str, str] = field(default_factory=dict)  # hospital -> why it has no score
     offline: list[str] = field(default_factory=list)  # training hospitals not connected at the start
-    rejoined: list[str] = field(default_factory=list)  # hospitals identified on a new node this round
+    rejoined: list[str] = field(default_factory=list)  # hospitals back this round (new node, or listed again)
     aggregated: bool = False  # False: too few usable replies, the global model is unchanged
     seconds: float = 0.0
 

@@ -64,6 +64,10 @@ def test_certs_refuse_to_overwrite_unless_forced(tmp_path, capsys):
       "--out", "{tmp}/run"], "data.held_out: hospital-01 is not one of the nodes (a, b, c)"),
     (["deploy-local", DEPLOY, "--project", "{tmp}", "--out", "{tmp}/run"],
      "--project: {tmp}: no pyproject.toml"),
+    (["deploy-local", DEPLOY, "--resume", "{tmp}/run"], "--resume {tmp}/run: no out/checkpoint.pt there; "
+     "nothing to resume"),
+    (["deploy-local", DEPLOY, "--resume", "{tmp}/run", "--out", "{tmp}/run"],
+     "deploy-local: give --out for a new run or --resume RUN_DIR, not both"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

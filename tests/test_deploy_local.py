@@ -2,13 +2,14 @@
 one SuperNode per hospital, the app submitted with ``flwr run``. Every process started here is
 stopped by its own PID, also when a test fails (fixture finalizer).
 
-Flower's deployment path polls every few seconds and starts a ClientApp process per message, so
-the integration run is kept to 3 hospitals and 2 rounds.
+A whole run over TLS with node authentication (3 hospitals, every one scored, every round present,
+every process stopped) is part of the SuperNode fault test in ``tests/test_deploy_faults.py``: Flower's
+deployment path polls every few seconds and starts a ClientApp process per message, so the suite
+runs the deployment as few times as it can.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -36,29 +37,6 @@ def manager():
     yield pm
     pm.stop_all()
     assert pm.alive_pids() == [], "a process started by the test is still running"
-
-
-def test_three_hospitals_two_rounds_over_tls_with_node_auth(tmp_path, manager):
-    cfg = load_config(ROOT / "configs" / "deploy.toml", ["federation.rounds=2"])
-    lines: list[str] = []
-    summary = deploy_local(cfg, tmp_path / "run", hospitals=HOSPITALS, announce=lines.append, manager=manager,
-                           timeout_s=300)
-    print("\n".join(lines))
-    print("round times:", summary["round_s"], "run:", summary["run_s"], "total:", summary["total_s"])
-    results = json.loads(Path(summary["results"]).read_text())
-    assert [r["round"] for r in results["history"]["rounds"]] == [1, 2]
-    assert sorted(results["final"]) == HOSPITALS
-    assert summary["status"] == "finished:completed" and len(summary["round_s"]) == 2
-    # Exactly what was started is gone: the SuperLink, the ServerApp executor, three SuperNodes.
-    assert [p.name for p in manager.started] == ["superlink", "serverapp", *HOSPITALS]
-    assert manager.alive_pids() == [] and not any(pid_alive(p.pid) for p in manager.started)
-    run = tmp_path / "run"
-    assert {p.name for p in (run / "logs").iterdir()} == {"superlink.log", "serverapp.log",
-                                                          *(f"{h}.log" for h in HOSPITALS)}
-    superlink_argv = manager.started[0].argv
-    assert "--enable-supernode-auth" in superlink_argv and "--ssl-certfile" in superlink_argv
-    assert not any("--insecure" in p.argv for p in manager.started)
-    assert any(f"round {r}/2 aggregated" in line for line in lines for r in (1, 2))
 
 
 def test_a_supernode_with_an_unregistered_key_is_refused(tmp_path, manager, capsys):

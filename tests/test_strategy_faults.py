@@ -212,3 +212,49 @@ def test_a_checkpoint_of_another_config_is_refused_in_one_line(tmp_path):
         load_checkpoint(tmp_path, _cfg(rounds=1))
     with pytest.raises(FedMetaError, match="no checkpoint to resume from"):
         load_checkpoint(tmp_path / "nowhere", _cfg(rounds=1))
+
+
+class SuperLinkGrid(Grid):
+    """Sets message ids as Flower's grid does, and answers a message to a node listed in ``gone``
+    as the SuperLink does for a node that stopped its heartbeats: an error reply from the
+    SuperLink's own node id (1) that names the message it answers."""
+
+    def __init__(self, nodes: dict[int, Hospital]):
+        super().__init__(nodes)
+        self.gone: set[int] = set()
+
+    def send_and_receive(self, messages, timeout=None):
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id
+        live = [m for m in messages if m.metadata.dst_node_id not in self.gone]
+        replies = list(super().send_and_receive(live, timeout))
+        for m in messages:
+            if m.metadata.dst_node_id in self.gone:
+                reply = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=m)
+                reply.metadata.__dict__["_src_node_id"] = 1
+                replies.append(reply)
+        return replies
+
+
+def test_an_unavailable_node_reply_from_the_superlink_counts_for_its_hospital_and_it_rejoins_on_the_same_id(
+        tmp_path):
+    c = Hospital("hospital-c")
+    grid = SuperLinkGrid({11: Hospital("hospital-a"), 22: Hospital("hospital-b"), 33: c})
+
+    def churn(server_round: int) -> None:
+        if server_round == 1:  # hospital-c's SuperNode is killed; the SuperLink still lists it
+            grid.gone.add(33)
+        if server_round == 2:  # ... its heartbeats have expired: it is no longer listed
+            del grid.nodes[33]
+        if server_round == 3:  # restarted with the same key: SuperNode authentication gives the same id
+            grid.gone.discard(33)
+            grid.nodes[33] = c
+
+    strategy = _run(tmp_path, _cfg(rounds=4), grid, on_round_end=churn)
+    r1, r2, r3, r4 = strategy.history.rounds
+    assert r2.missed == {"hospital-c": {"kind": "error", "reason": "error reply (code 5): Error: Node Unavailable"}}
+    assert r2.replied == ["hospital-a", "hospital-b", "hospital-c"] and set(r2.train) == {"hospital-a", "hospital-b"}
+    assert "hospital-c" in r2.eval_missed and set(r2.eval) == {"hospital-a", "hospital-b"}
+    assert r3.offline == ["hospital-c"] and not r3.missed
+    assert r4.rejoined == ["hospital-c"] and set(r4.train) == {"hospital-a", "hospital-b", "hospital-c"}
+    assert set(missed_rounds(strategy.history)) == {"hospital-c"}

@@ -1,7 +1,8 @@
 """Who is who: the hospital behind each node, learned from each node's answer to a ``query``.
 
-Node ids are not stable: a SuperNode that restarts registers under a new id. The server therefore
-asks only nodes it has never seen, and a hospital's new node replaces its old one.
+Node ids are not stable: a SuperNode that restarts may register under a new id (with SuperNode
+authentication it keeps the id of its key). The server therefore asks only nodes it has never
+seen, and a hospital's new node replaces its old one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-__all__ = ["Identity", "identify", "Membership"]
+__all__ = ["Identity", "identify", "Membership", "reply_node"]
 
 log = logging.getLogger("fedmeta.server")
 
@@ -25,6 +26,20 @@ class Identity:
     device: str
 
 
+def reply_node(reply: Message, sent: list[Message]) -> int:
+    """The node a reply answers for. An error reply made by the SuperLink itself (e.g. "Node
+    Unavailable" for a node that stopped sending heartbeats) comes from the SuperLink's own node id;
+    its ``reply_to_message_id`` names the message we sent, hence the node."""
+    node = reply.metadata.src_node_id
+    dst = {m.metadata.dst_node_id for m in sent}
+    if node in dst:
+        return node
+    for m in sent:  # the grid set each message's id when it pushed it
+        if m.metadata.message_id and m.metadata.message_id == reply.metadata.reply_to_message_id:
+            return m.metadata.dst_node_id
+    return node
+
+
 def identify(grid: Grid, nodes: list[int], timeout: float) -> tuple[dict[int, Identity], dict[int, str]]:
     """Ask ``nodes`` who they are: ``(identities, node -> why it gave none)``."""
     messages = [Message(RecordDict({"config": ConfigRecord({"ask": "identity"})}), dst_node_id=n,
@@ -32,7 +47,7 @@ def identify(grid: Grid, nodes: list[int], timeout: float) -> tuple[dict[int, Id
     found: dict[int, Identity] = {}
     failed: dict[int, str] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
+        node = reply_node(reply, messages)
         if reply.has_error():
             lines = [line for line in reply.error.reason.splitlines() if line.strip()]
             failed[node] = f"error reply (code {reply.error.code}): {lines[-1].strip() if lines else ''}"
@@ -85,7 +100,11 @@ class Membership:
                                 self.node_of.get(ident.hospital))
                     self.node_of[ident.hospital] = node
                     rejoined.append(ident.hospital)
-        self.connected = {h for h, n in self.node_of.items() if n in live}
+        connected = {h for h, n in self.node_of.items() if n in live}
+        # With SuperNode authentication a restarted node keeps its id (it is bound to the node's
+        # key): it rejoins when its id is listed again after it was not.
+        rejoined += sorted(connected - self.connected)
+        self.connected = connected
         return sorted(set(rejoined))
 
     def _mismatch(self, ident: Identity) -> str:

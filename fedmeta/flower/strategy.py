@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from fedmeta.checkpoint import Checkpoint, save_checkpoint
 from fedmeta.config import ExperimentConfig
-from fedmeta.flower.membership import Membership
+from fedmeta.flower.membership import Membership, reply_node
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
 from fedmeta.flower.reply_codes import BUDGET_EXHAUSTED
 from fedmeta.history import RunHistory
@@ -86,6 +86,7 @@ class FedMeta(FedAvg):
         self.on_round_end = on_round_end
         self._round_start = time.perf_counter()
         self._eval_sent: list[str] = []
+        self._sent: list[Message] = []  # the messages of the last send_and_receive (ids set by the grid)
         self.declined: set[str] = set()  # hospitals that reached their privacy cap, for good
         self.stop_reason = ""
         self.first_round = 1
@@ -123,14 +124,18 @@ class FedMeta(FedAvg):
         for server_round in range(self.first_round, num_rounds + 1):
             self._round_start = time.perf_counter()
             messages = list(self.configure_train(server_round, arrays, train_config or ConfigRecord(), grid))
-            new_arrays, metrics = self.aggregate_train(server_round, grid.send_and_receive(messages, timeout=timeout))
+            replies = grid.send_and_receive(messages, timeout=timeout)
+            self._sent = messages
+            new_arrays, metrics = self.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays
             if metrics is not None:
                 result.train_metrics_clientapp[server_round] = metrics
             if self._evaluates(server_round):
                 messages = list(self.configure_evaluate(server_round, arrays, evaluate_config or ConfigRecord(), grid))
-                evaluated = self.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+                replies = grid.send_and_receive(messages, timeout=timeout)
+                self._sent = messages
+                evaluated = self.aggregate_evaluate(server_round, replies)
                 if evaluated is not None:
                     result.evaluate_metrics_clientapp[server_round] = evaluated
             if evaluate_fn is not None and (res := evaluate_fn(server_round, arrays)) is not None:
@@ -177,7 +182,7 @@ class FedMeta(FedAvg):
         return self._construct_messages(record, [self.members.node_of[h] for h in chosen], MessageType.TRAIN)
 
     def _accept(self, msg: Message, server_round: int) -> tuple[str, Params, float, dict[str, float]] | None:
-        hospital = self.members.hospital(msg.metadata.src_node_id)
+        hospital = self.members.hospital(reply_node(msg, self._sent))
         rec = self.history.round(server_round)
         rec.replied = sorted({*rec.replied, hospital})
         if msg.has_error():
@@ -247,7 +252,7 @@ class FedMeta(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         rec = self.history.round(server_round)
         for msg in replies:
-            hospital = self.members.hospital(msg.metadata.src_node_id)
+            hospital = self.members.hospital(reply_node(msg, self._sent))
             if msg.has_error():
                 rec.eval_missed[hospital] = f"error reply (code {msg.error.code}): {short_reason(msg.error.reason)}"
                 log.warning("round %d: evaluation failed at hospital %s: %s", server_round, hospital,
