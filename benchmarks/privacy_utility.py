@@ -51,7 +51,12 @@ def main() -> None:
         print(line, file=sys.stderr, flush=True)
 
     def compare(overrides: list[str], algorithms: list[str], name: str) -> dict:
+        done = args.out / name / "comparison.json"
+        if done.is_file():  # an interrupted table goes on where it stopped
+            return json.loads(done.read_text())["algorithms"]
         cfg = load_config(args.config, overrides, args.data_dir)
+        # Only the final evaluation enters the table (evaluation does not change training).
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"every": cfg.federation.rounds})})
         result = run_comparison(cfg, algorithms, args.seeds, args.out / name,
                                 run_federated=lambda c, d: simulate(c, d, progress=False), announce=say)
         (args.out / name / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
