@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from fedmeta.deploy.processes import ProcessManager
+
 DEPLOYMENT_MODULES = {"test_deploy_local", "test_deploy_faults"}
 
 
@@ -13,3 +15,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         lane = "deployment" if item.module.__name__.rsplit(".", 1)[-1] in DEPLOYMENT_MODULES else "main"
         item.add_marker(pytest.mark.xdist_group(lane))
+
+
+@pytest.fixture
+def manager():
+    """A process manager whose processes are all stopped after the test, also when it fails."""
+    pm = ProcessManager(stop_timeout_s=10.0)
+    yield pm
+    pm.stop_all()
+    assert pm.alive_pids() == [], "a process started by the test is still running"

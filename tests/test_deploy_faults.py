@@ -39,14 +39,6 @@ pytestmark = pytest.mark.skipif(not (Path(sys.executable).parent / "flower-super
                                 reason="Flower's deployment executables are not installed in this env")
 
 
-@pytest.fixture
-def manager():
-    pm = ProcessManager(stop_timeout_s=10.0)
-    yield pm
-    pm.stop_all()
-    assert pm.alive_pids() == [], "a process started by the test is still running"
-
-
 def _all_stopped(pm: ProcessManager) -> bool:
     return pm.alive_pids() == [] and not any(pid_alive(p.pid) for p in pm.started)
 

@@ -21,7 +21,7 @@ from fedmeta.deploy.certs import create_credentials
 from fedmeta.deploy.control import Control, write_connection
 from fedmeta.deploy.local import (NodeSpec, deploy_local, flower_bin, flower_env, free_port, start_superlink,
                                   start_supernode)
-from fedmeta.deploy.processes import ProcessManager, pid_alive
+from fedmeta.deploy.processes import pid_alive
 from fedmeta.errors import FedMetaError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +29,6 @@ HOSPITALS = ["hospital-a", "hospital-b", "hospital-c"]
 
 pytestmark = pytest.mark.skipif(not (Path(sys.executable).parent / "flower-supernode").exists(),
                                 reason="Flower's deployment executables are not installed in this env")
-
-
-@pytest.fixture
-def manager():
-    pm = ProcessManager(stop_timeout_s=10.0)
-    yield pm
-    pm.stop_all()
-    assert pm.alive_pids() == [], "a process started by the test is still running"
 
 
 def test_a_supernode_with_an_unregistered_key_is_refused(tmp_path, manager, capsys):
