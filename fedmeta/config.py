@@ -24,6 +24,7 @@ __all__ = [
     "ServerConfig",
     "EvalConfig",
     "LocalConfig",
+    "HospitalPrivacyConfig",
     "PrivacyConfig",
     "AuditConfig",
     "ExperimentConfig",
@@ -139,33 +140,47 @@ class LocalConfig(_Section):
     batch_size: int = Field(32, ge=1)
 
 
+class HospitalPrivacyConfig(_Section):
+    """One hospital's own privacy policy in a simulation (a deployed hospital sets the same in its
+    node config: docs/privacy.md). The hospital trains the stricter of its policy and the run."""
+
+    mode: Literal["record", "client", "none"] | None = Field(
+        None, description="the privacy the hospital requires (a run in another mode is refused); "
+        "none: it also accepts non-private runs; unset: whatever the run asks")
+    max_epsilon: float = Field(float("inf"), gt=0, description="its cap over all runs in its ledger")
+    delta: float | None = Field(None, gt=0, lt=1, description="the largest delta it accepts")
+    accountant: Literal["prv", "rdp"] | None = Field(None, description="its accountant (unset: the run's)")
+    min_noise_multiplier: float = Field(0.0, ge=0, description="the least sigma it accepts")
+
+
 class PrivacyConfig(_Section):
     """Differential privacy of what a hospital sends (see docs/privacy.md).
 
     ``record``: the unit is one patient record (per-episode clipping of meta-gradients, Poisson
     sampling of records, Gaussian noise by Opacus' DPOptimizer). ``client``: the unit is a hospital
     (its meta-update clipped to ``max_grad_norm`` and noised). Give either ``noise_multiplier`` or
-    ``target_epsilon`` (calibrated with Opacus for the planned rounds).
+    ``target_epsilon`` (calibrated with Opacus for the planned rounds). ``hospitals`` holds each
+    hospital's own policy (names must exist in the data).
     """
 
     mode: Literal["none", "record", "client"] = "none"
     noise_multiplier: float = Field(0.0, ge=0, description="sigma; 0 = calibrate from target_epsilon")
     target_epsilon: float = Field(0.0, ge=0, description="epsilon after all planned rounds")
-    delta: float = Field(0.0, ge=0, lt=1, description="0 = min(1e-5, 0.1 / n_train) (record mode), 1e-5 (client)")
+    delta: float = Field(0.0, ge=0, lt=1, description="0 = min(1e-5, 0.1 / n_train) (record mode), 1e-5 (client); "
+                         "at most 1 / n_train (record) or 1 / hospitals (client)")
     max_grad_norm: float = Field(1.0, gt=0, description="clipping norm C")
     sample_rate: float = Field(0.0, ge=0, le=1, description="record sampling rate q; 0 = expected "
                                "meta-batch size / n_train")
     accountant: Literal["prv", "rdp"] = "prv"
     max_epsilon: float = Field(float("inf"), gt=0, description="default per-hospital cap")
-    hospital_max_epsilon: dict[str, float] = Field(default_factory=dict, description="per-hospital caps")
+    hospitals: dict[str, HospitalPrivacyConfig] = Field(default_factory=dict,
+                                                        description="per-hospital policies (simulation)")
     secure_mode: bool = Field(False, description="Opacus secure noise (not reproducible from the seed)")
 
     @model_validator(mode="after")
     def _noise_or_target(self) -> "PrivacyConfig":
         if self.mode != "none" and (self.noise_multiplier > 0) == (self.target_epsilon > 0):
             raise ValueError("set exactly one of noise_multiplier and target_epsilon (> 0)")
-        if any(not v > 0 for v in self.hospital_max_epsilon.values()):
-            raise ValueError("hospital_max_epsilon values must be > 0")
         return self
 
 
@@ -184,7 +199,7 @@ class AuditConfig(_Section):
 class ExperimentConfig(_Section):
     """A whole run."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     meta: MetaConfig = Field(default_factory=MetaConfig)
