@@ -16,7 +16,7 @@ from fedmeta.config import DataConfig
 from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 
-__all__ = ["load_csv_sites", "load_csv_site", "require_dir"]
+__all__ = ["load_csv_sites", "load_csv_site", "require_dir", "quote_cell"]
 
 
 def require_dir(cfg: DataConfig) -> Path:
@@ -30,6 +30,11 @@ def require_dir(cfg: DataConfig) -> Path:
     return path
 
 
+def quote_cell(text: str, limit: int = 40) -> str:
+    """A cell as quoted in an error message: a huge cell must not make a huge message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 def _parse_cell(text: str, where: str) -> float:
     text = text.strip()
     if text == "":
@@ -37,23 +42,39 @@ def _parse_cell(text: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise FedMetaError(f"{where}: non-numeric value {text!r}") from None
+        raise FedMetaError(f"{where}: non-numeric value {quote_cell(text)}") from None
     if not math.isfinite(value):
-        raise FedMetaError(f"{where}: non-finite value {text!r} (leave the cell empty for a missing value)")
+        raise FedMetaError(f"{where}: non-finite value {quote_cell(text)} (leave the cell empty for a missing value)")
     return value
 
 
-def _read_one(path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _read_rows(path: Path) -> list[list[str]]:
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's BOM is not a header
+            reader = csv.reader(fh)
+            try:
+                return list(reader)
+            except csv.Error as err:
+                raise FedMetaError(f"{path}: line {reader.line_num}: not readable as CSV: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise FedMetaError(f"{path}: cannot read: {err}") from None
+
+
+def _check_header(path: Path, header: list[str], label: str) -> None:
+    if label not in header:
+        raise FedMetaError(f"{path}: label column {label!r} not found (columns: {', '.join(header)})")
+    dupes = [h for i, h in enumerate(header) if h in header[:i]]
+    if dupes:
+        what = "label column" if dupes[0] == label else "column"
+        raise FedMetaError(f"{path}: {what} {dupes[0]!r} appears {header.count(dupes[0])} times in the header")
+
+
+def _read_one(path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rows = _read_rows(path)
     if not rows:
         raise FedMetaError(f"{path}: file is empty")
     header = [h.strip() for h in rows[0]]
-    if label not in header:
-        raise FedMetaError(f"{path}: label column {label!r} not found (columns: {', '.join(header)})")
+    _check_header(path, header, label)
     li = header.index(label)
     features = [h for i, h in enumerate(header) if i != li]
     xs, ys = [], []
@@ -64,7 +85,7 @@ def _read_one(path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray
             raise FedMetaError(f"{path}: line {r}: {len(row)} cells, expected {len(header)}")
         y = _parse_cell(row[li], f"{path}: line {r}, column {label!r}")
         if y not in (0.0, 1.0):
-            raise FedMetaError(f"{path}: line {r}, column {label!r}: label must be 0 or 1, got {row[li]!r}")
+            raise FedMetaError(f"{path}: line {r}, column {label!r}: label must be 0 or 1, got {quote_cell(row[li])}")
         xs.append([_parse_cell(c, f"{path}: line {r}, column {header[i]!r}") for i, c in enumerate(row) if i != li])
         ys.append(y)
     if not ys:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmeta.config import DataConfig
-from fedmeta.data.csv_source import require_dir
+from fedmeta.data.csv_source import quote_cell, require_dir
 from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 
@@ -42,7 +42,7 @@ def feature_names() -> list[str]:
 
 def _read_site(path: Path, name: str) -> RawSite:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: tolerate a BOM
     except (OSError, UnicodeDecodeError) as err:
         raise FedMetaError(f"{path}: cannot read: {err}") from None
     rows_x, rows_y = [], []
@@ -60,7 +60,7 @@ def _read_site(path: Path, name: str) -> RawSite:
             try:
                 rec[col] = float(cell)
             except ValueError:
-                raise FedMetaError(f"{path}: line {ln}, column {col!r}: non-numeric value {cell!r}") from None
+                raise FedMetaError(f"{path}: line {ln}, column {col!r}: non-numeric value {quote_cell(cell)}") from None
         if math.isnan(rec["num"]):
             raise FedMetaError(f"{path}: line {ln}: missing label 'num'")
         if rec["chol"] == 0.0:
