@@ -21,6 +21,7 @@ import ipaddress
 import os
 import re
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmeta.errors import FedMetaError
 
-__all__ = ["DEFAULT_SANS", "Credentials", "create_credentials", "check_hospital_name"]
+__all__ = ["DEFAULT_SANS", "Credentials", "create_credentials", "check_hospital_name", "check_san"]
 
 DEFAULT_SANS = ("127.0.0.1", "localhost", "superlink")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _VALID_DAYS = 365
 
 
@@ -68,10 +70,28 @@ class Credentials:
         return self.root / "public-keys" / f"{hospital}.pub"
 
 
+def _quoted(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 def check_hospital_name(name: str) -> str:
-    if not _NAME.match(name) or name in ("ca", "superlink", "public-keys"):
-        raise FedMetaError(f"--hospitals: {name!r} is not a usable hospital name "
-                           "(letters, digits, '-', '_', '.'; not ca, superlink or public-keys)")
+    if not _NAME.fullmatch(name) or name in ("ca", "superlink", "public-keys"):
+        raise FedMetaError(f"--hospitals: {_quoted(name)} is not a usable hospital name (1 to 63 letters, "
+                           "digits, '-', '_', '.', starting with a letter or digit; not ca, superlink or public-keys)")
+    return name
+
+
+def check_san(name: str) -> str:
+    """A SAN must be an IP address or an ASCII DNS name: anything else fails deep in cryptography."""
+    try:
+        ipaddress.ip_address(name)
+        return name
+    except ValueError:
+        pass
+    labels = name.split(".")
+    if len(name) > 253 or not name.isascii() or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise FedMetaError(f"--san: {_quoted(name)} is not an IP address or an ASCII DNS name "
+                           "(give an internationalised name in its xn-- form)")
     return name
 
 
@@ -130,13 +150,40 @@ def _node_keys(hospital: str) -> tuple[bytes, bytes]:
     return private, public + f" {hospital}\n".encode()
 
 
-def _write(path: Path, data: bytes, private: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+def _mkdirs(path: Path, created: list[Path]) -> None:
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir()
+        created.append(p)
+
+
+def _write_all(out: Path, files: list[tuple[Path, bytes, bool]]) -> None:
+    """Write every file or none: each goes to a temporary name first and replaces its target only
+    once all are written; on failure what this call wrote is removed (old credentials stay)."""
+    created: list[Path] = []
+    temps: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for path, data, private in files:
+            _mkdirs(path.parent, created)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        for tmp, path in temps:
+            existed = path.exists()
+            os.replace(tmp, path)
+            if not existed:
+                placed.append(path)
+    except BaseException as err:
+        for p in [t for t, _ in temps] + placed:
+            p.unlink(missing_ok=True)
+        for d in reversed(created):
+            shutil.rmtree(d, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise FedMetaError(f"{out}: cannot write the credentials there: {err.strerror or err}") from None
+        raise
 
 
 def create_credentials(out: Path, hospitals: list[str], extra_sans: list[str] | None = None, *,
@@ -146,9 +193,10 @@ def create_credentials(out: Path, hospitals: list[str], extra_sans: list[str] | 
     hospitals = [check_hospital_name(h) for h in hospitals]
     if not hospitals:
         raise FedMetaError("--hospitals: name at least one hospital")
-    if len(set(hospitals)) != len(hospitals):
-        raise FedMetaError(f"--hospitals: duplicate names in {hospitals}")
-    sans = list(dict.fromkeys([*DEFAULT_SANS, *(extra_sans or [])]))
+    dupes = [h for i, h in enumerate(hospitals) if h in hospitals[:i]]
+    if dupes:
+        raise FedMetaError(f"--hospitals: duplicate names: {dupes[0]!r} is given more than once")
+    sans = list(dict.fromkeys([*DEFAULT_SANS, *(check_san(s) for s in extra_sans or [])]))
     creds = Credentials(out, tuple(hospitals))
     now = dt.datetime.now(dt.timezone.utc)
     ca_key, ca_cert = _ca(now)
@@ -170,6 +218,5 @@ def create_credentials(out: Path, hospitals: list[str], extra_sans: list[str] | 
     if existing and not force:
         raise FedMetaError(f"{existing[0]}: already exists (and {len(existing) - 1} more); "
                            "pass --force to replace the credentials")
-    for path, data, private in files:
-        _write(path, data, private)
+    _write_all(out, files)
     return creds
