@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedmeta.config import ExperimentConfig, load_config
 from fedmeta.errors import FedMetaError
-from fedmeta.output_dir import staged_output_dir
+from fedmeta.output_dir import claimed_output_dir
 
 __all__ = ["main"]
 
@@ -59,10 +59,17 @@ def _simulate(args: argparse.Namespace) -> None:
         results = resume_simulation(cfg, out, progress=not args.quiet, ray_address=args.ray_address or "")
     else:
         out = Path(args.out) if args.out else _default_out(Path(args.config), f"{cfg.meta.algorithm}-seed{cfg.seed}")
-        with staged_output_dir(out) as stage:
-            results = simulate(cfg, stage, progress=not args.quiet, ray_address=args.ray_address or "")
+        with claimed_output_dir(out) as run_dir:
+            results = simulate(cfg, run_dir, progress=not args.quiet, ray_address=args.ray_address or "")
     _print_summary(results)
     print(f"results: {out}/results.json")
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    if bad := [s for s in seeds if s < 0]:
+        raise FedMetaError(f"--seeds: {bad[0]} is negative (seeds are integers >= 0)")
+    if dupes := [s for i, s in enumerate(seeds) if s in seeds[:i]]:
+        raise FedMetaError(f"--seeds: {dupes[0]} is given more than once")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -74,10 +81,11 @@ def _compare(args: argparse.Namespace) -> None:
     unknown = [a for a in args.algorithms if a not in COMPARED]
     if unknown:
         raise FedMetaError(f"--algorithms: unknown {', '.join(unknown)} (expected some of {', '.join(COMPARED)})")
+    _check_seeds(args.seeds)
     load_federation(cfg)
     out = Path(args.out) if args.out else _default_out(Path(args.config), "compare")
-    with staged_output_dir(out) as stage:
-        result = run_comparison(cfg, args.algorithms, args.seeds, stage,
+    with claimed_output_dir(out) as run_dir:
+        result = run_comparison(cfg, args.algorithms, args.seeds, run_dir,
                                 run_federated=lambda c, d: simulate(c, d, progress=not args.quiet),
                                 announce=lambda line: print(line, file=sys.stderr, flush=True))
     print(comparison_markdown(result))
@@ -102,8 +110,8 @@ def _empirical_audit(args: argparse.Namespace) -> int:
             update={"hospital": next(h for h in first.names if h not in held)})})
     load_federation(cfg)
     out = Path(args.out) if args.out else Path("runs") / f"empirical-audit-{datetime.now():%Y%m%d-%H%M%S}"
-    with staged_output_dir(out) as stage:
-        rep = run_empirical_audit(cfg, stage, simulate_fn=lambda c, d: simulate(c, d, progress=not args.quiet))
+    with claimed_output_dir(out) as run_dir:
+        rep = run_empirical_audit(cfg, run_dir, simulate_fn=lambda c, d: simulate(c, d, progress=not args.quiet))
     print(f"hospital {rep['hospital']}: {rep['correct']} of {rep['guesses']} guesses correct on "
           f"{rep['canaries']} canaries ({rep['included']} inserted)")
     print(f"empirical epsilon lower bound (95%): {rep['epsilon_lower_bound']:.3f}   "
@@ -134,8 +142,8 @@ def _audit(args: argparse.Namespace) -> int:
             print(f"  row {c.row.id} (run {c.row.run_id}, round {c.row.round}): recorded epsilon "
                   f"{c.row.epsilon:.6g}, recomputed {c.recomputed:.6g}")
     out = Path(args.out) if args.out else Path("runs") / f"audit-{datetime.now():%Y%m%d-%H%M%S}"
-    with staged_output_dir(out) as stage:
-        write_audit(reports, stage)
+    with claimed_output_dir(out) as run_dir:
+        write_audit(reports, run_dir)
     print(f"report: {out}/audit.json, {out}/audit.png")
     return 1 if any(r.mismatches for r in reports) else 0
 
@@ -200,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config value, e.g. --set federation.rounds=5 (repeatable)")
         sp.add_argument("--data-dir", help="directory with the data of a csv / uci-heart config")
         sp.add_argument("--seed", type=int, help="shorthand for --set seed=N")
-        sp.add_argument("--out", help="output directory (must not exist; default runs/<name>-<time>)")
+        sp.add_argument("--out", help="output directory (must not exist or be empty; default runs/<name>-<time>)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     s = sub.add_parser("simulate", help="run one federation on Flower's simulation engine (Ray)")

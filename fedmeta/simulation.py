@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import warnings
@@ -20,7 +19,7 @@ from fedmeta.checkpoint import CHECKPOINT, load_checkpoint
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.sources import load_federation
 from fedmeta.errors import FedMetaError
-from fedmeta.output_dir import staged_output_dir
+from fedmeta.output_dir import claimed_output_dir
 
 __all__ = ["simulate", "resume_simulation"]
 
@@ -154,26 +153,16 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
 
 def resume_simulation(cfg: ExperimentConfig, out: Path, *, progress: bool = True,
                       ray_address: str = "") -> dict[str, Any]:
-    """Continue the killed run whose output directory was ``out``, from its checkpoint, into ``out``.
+    """Continue the killed run whose output directory is ``out`` from its checkpoint, in ``out``.
 
-    A killed ``fedmeta simulate --out DIR`` leaves its work in ``.DIR.partial-PID`` beside DIR (see
-    ``staged_output_dir``); a ``flwr run`` writes its ``out-dir`` in place. The old partial
-    directory is removed only once the resumed run has finished.
+    A killed ``fedmeta simulate --out DIR`` leaves DIR with its checkpoint and a stale claim (see
+    ``claimed_output_dir``), which is taken over unless the run holding it is still alive. A
+    resumed run that fails keeps everything: it can be resumed again.
     """
     shown = str(out)
-    out = out.resolve()
     if (out / "results.json").is_file():
         raise FedMetaError(f"--resume {shown}: that run finished (results.json exists); nothing to resume")
-    if (out / CHECKPOINT).is_file():
-        return simulate(cfg, out, progress=progress, resume=True, ray_address=ray_address)
-    partials = [p for p in out.parent.glob(f".{out.name}.partial-*") if (p / CHECKPOINT).is_file()]
-    if not partials:
-        raise FedMetaError(f"--resume {shown}: no {CHECKPOINT} there nor in an unfinished "
-                           f".{out.name}.partial-* beside it; nothing to resume")
-    source = max(partials, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
-    load_checkpoint(source, cfg)  # refuse before copying anything
-    with staged_output_dir(out) as stage:
-        shutil.copytree(source, stage, dirs_exist_ok=True)
-        results = simulate(cfg, stage, progress=progress, resume=True, ray_address=ray_address)
-    shutil.rmtree(source, ignore_errors=True)
-    return results
+    if not (out / CHECKPOINT).is_file():
+        raise FedMetaError(f"--resume {shown}: no {CHECKPOINT} there; nothing to resume")
+    with claimed_output_dir(out, resume=True, flag="--resume") as run_dir:
+        return simulate(cfg, run_dir, progress=progress, resume=True, ray_address=ray_address)

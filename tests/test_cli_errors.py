@@ -36,7 +36,7 @@ def _run(capsys, tmp_path: Path, *args: str) -> tuple[int, str]:
     code = main(["simulate", *args, "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert not out.exists(), "a failed run left its output directory behind"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name], "a hidden partial directory was left"
     return code, err
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from fedmeta.cli import main
 from fedmeta.compare import run_comparison
 from fedmeta.config import load_config
 from fedmeta.flower.server import SimulatedCrash
+from fedmeta.output_dir import CLAIM
 from fedmeta.simulation import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +74,17 @@ def test_metrics_csv_and_model_match_results(simulated):
 
 def test_a_killed_run_resumed_from_its_checkpoint_ends_with_the_uninterrupted_model(simulated, tmp_path):
     held_out = "data.held_out=['hospital-05']"
-    # A `fedmeta simulate --out RUN` killed after round 1 leaves its work in .RUN.partial-PID.
-    partial = tmp_path / ".run.partial-4242"
-    with pytest.raises(SimulatedCrash):
-        simulate(load_config(CI, [held_out]), partial, progress=False, _stop_after_round=1)
-    assert torch.load(partial / "checkpoint.pt")["round"] == 1 and not (partial / "results.json").exists()
+    # A `fedmeta simulate --out RUN` killed (SIGKILL) after round 1 leaves RUN with its checkpoint
+    # and the claim of its dead process.
     out = tmp_path / "run"
+    with pytest.raises(SimulatedCrash):
+        simulate(load_config(CI, [held_out]), out, progress=False, _stop_after_round=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / CLAIM).write_text(f"{dead.pid}\n")
+    assert torch.load(out / "checkpoint.pt")["round"] == 1 and not (out / "results.json").exists()
     assert main(["simulate", CI, "--set", held_out, "--resume", str(out), "--quiet"]) == 0
-    assert not partial.exists()
+    assert not (out / CLAIM).exists()
     resumed, whole = (json.loads((d / "results.json").read_text()) for d in (out, simulated))
     assert resumed["resumed_from_round"] == 1 and resumed["rounds_completed"] == 3
     for a, b in zip(resumed["history"]["rounds"], whole["history"]["rounds"], strict=True):
@@ -96,14 +103,17 @@ def test_resume_refuses_what_it_cannot_continue_in_one_line(simulated, tmp_path,
     (copy / "checkpoint.pt").write_bytes((simulated / "checkpoint.pt").read_bytes())
     assert main(["simulate", CI, "--set", "meta.inner_lr=0.2", "--set", "data.held_out=['hospital-05']",
                  "--resume", str(copy), "--quiet"]) == 2
+    (copy / CLAIM).write_text(f"{os.getppid()}\n")  # a live process still runs it
+    assert main(["simulate", CI, "--set", "data.held_out=['hospital-05']", "--resume", str(copy)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [
-        f"fedmeta: error: --resume {tmp_path / 'none'}: no checkpoint.pt there nor in an unfinished "
-        ".none.partial-* beside it; nothing to resume",
+    assert lines[:-1] == [
+        f"fedmeta: error: --resume {tmp_path / 'none'}: no checkpoint.pt there; nothing to resume",
         f"fedmeta: error: --resume {simulated}: that run finished (results.json exists); nothing to resume",
         f"fedmeta: error: {copy / 'checkpoint.pt'}: the config differs from the checkpointed run's in "
         "meta.inner_lr (checkpoint 0.1, now 0.2); resume with the same config",
     ]
+    assert lines[-1].startswith(f"fedmeta: error: --resume {copy}: the run is still going on (pid {os.getppid()})")
+    assert (copy / "checkpoint.pt").is_file() and (copy / CLAIM).is_file()  # a refused resume changes nothing
 
 
 def test_compare_runs_algorithms_and_seeds_on_the_same_federation(tmp_path):
