@@ -186,6 +186,21 @@ def _checkpoint_round(path: Path) -> int | None:
         return None
 
 
+def _read_plan(run_dir: Path) -> dict[str, Any]:
+    """``plan.json`` of an interrupted deployment: the nodes to start again."""
+    path = run_dir / "plan.json"
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(plan.get("nodes"), dict):
+            raise ValueError("no 'nodes' table")
+    except FileNotFoundError:
+        raise FedMetaError(f"--resume {run_dir}: no plan.json there (not a deploy-local run directory); "
+                           "nothing to resume") from None
+    except (OSError, ValueError, AttributeError) as err:
+        raise FedMetaError(f"--resume {run_dir}: plan.json is unreadable ({err})") from None
+    return plan
+
+
 @dataclass
 class _Progress:
     announce: Announce
@@ -242,21 +257,24 @@ class LocalDeployment:
             if (self.out / "results.json").is_file():
                 raise FedMetaError(f"--resume {run_dir}: that run finished (out/results.json exists); "
                                    "nothing to resume")
-            plan = json.loads(plan_file.read_text())
+            plan = _read_plan(run_dir)
             self.specs = [NodeSpec(h, dict(c), run_dir / "nodes" / h) for h, c in plan["nodes"].items()]
             self.creds = Credentials(run_dir / "certs", tuple(s.hospital for s in self.specs))
         else:
             if run_dir.exists():
                 raise FedMetaError(f"{run_dir}: run directory already exists (choose another --out)")
-            run_dir.mkdir(parents=True)
+            try:
+                run_dir.mkdir(parents=True)
+            except OSError as err:
+                raise FedMetaError(f"--out {run_dir}: cannot create the run directory: {err.strerror or err}") from None
             try:
                 self.specs = plan_nodes(cfg, run_dir, hospitals, max_epsilon)
-            except FedMetaError:
+                self.creds = create_credentials(run_dir / "certs", [s.hospital for s in self.specs])
+                plan_file.write_text(json.dumps({"nodes": {s.hospital: s.node_config for s in self.specs}},
+                                                indent=2) + "\n")
+            except BaseException:
                 shutil.rmtree(run_dir)  # created just above: a refused plan leaves nothing behind
                 raise
-            self.creds = create_credentials(run_dir / "certs", [s.hospital for s in self.specs])
-            plan_file.write_text(json.dumps({"nodes": {s.hospital: s.node_config for s in self.specs}}, indent=2)
-                                 + "\n")
         self.env = flower_env(run_dir)
         self.port = free_port()
         self.pm = manager or ProcessManager(env=self.env, cwd=run_dir)
