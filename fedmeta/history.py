@@ -8,7 +8,7 @@ from typing import Any
 __all__ = ["MISS_KINDS", "RoundRecord", "RunHistory"]
 
 # Why a hospital that was sent work contributed nothing to a round.
-MISS_KINDS = ("no-reply", "error", "dropped", "declined")
+MISS_KINDS = ("no-reply", "error", "dropped", "declined", "refused")
 
 
 @dataclass
@@ -35,6 +35,10 @@ class RunHistory:
     hospitals: dict[str, str]  # name -> role ("train" / "held-out")
     rounds: list[RoundRecord] = field(default_factory=list)
     devices: dict[str, str] = field(default_factory=dict)  # name -> torch device it trained on
+    # name -> the spend it last reported: round, epsilon, delta, sigma, accountant, ledger rows and
+    # head, the ledger run ids of this run. Sent back with the next round's work: a ledger that no
+    # longer holds that head (deleted, rolled back, rewritten) is refused by its hospital.
+    ledgers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def round(self, r: int) -> RoundRecord:
         for rec in self.rounds:
@@ -53,10 +57,12 @@ class RunHistory:
         return {
             "hospitals": self.hospitals,
             "devices": self.devices,
+            "ledgers": self.ledgers,
             "rounds": [vars(r) for r in self.rounds],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunHistory":
         return cls(hospitals=dict(data["hospitals"]), devices=dict(data.get("devices", {})),
+                   ledgers={h: dict(v) for h, v in data.get("ledgers", {}).items()},
                    rounds=[RoundRecord(**r) for r in data["rounds"]])

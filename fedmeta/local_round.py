@@ -1,7 +1,8 @@
 """One hospital's training round, as its ClientApp runs it: private or not, budget first.
 
 Kept apart from Flower so that the order of operations a privacy officer cares about reads in one
-place: decide against the cap, train, commit the spend to the ledger, and only then return.
+place: check the ledger and reserve the round's spend against the cap (one write transaction),
+train, and only then return the update.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fedmeta.meta.local_training import LocalResult, meta_train_locally
 from fedmeta.privacy.budget import HospitalBudget
 from fedmeta.privacy.canaries import GradientCanaries, add_canaries, make_canaries
 from fedmeta.privacy.client_dp import privatize_update
+from fedmeta.privacy.plan import PrivacyPlan
 from fedmeta.privacy.private_training import meta_train_privately
 
 __all__ = ["RoundOutcome", "train_hospital_round"]
@@ -32,39 +34,40 @@ class RoundOutcome:
     result: LocalResult | None  # None: the hospital declined
     declined: str = ""
     privacy: dict[str, float] = field(default_factory=dict)
+    ledger: tuple[int, str] = (0, "")  # (rows, head) of the hospital's ledger after this round's spend
 
 
 def train_hospital_round(
     cfg: ExperimentConfig, hospital: Hospital, index: int, model: nn.Module, params: Params, *,
-    server_round: int, run_id: str, ledger_path: Path, max_epsilon: float | None, device: torch.device,
-    noise_scale: float = 1.0,
+    plan: PrivacyPlan | None, server_round: int, run_id: str, ledger_path: Path, device: torch.device,
+    anchor: tuple[int, str] = (0, ""), noise_scale: float = 1.0,
 ) -> RoundOutcome:
+    """``plan``: what the hospital agreed to (``fedmeta.privacy.policy.negotiate``); ``None`` trains
+    without privacy. ``anchor``: the ledger ``(rows, head)`` the run recorded for this hospital.
+    Raises ``LedgerError`` when the ledger cannot be trusted."""
     rng = np.random.default_rng([cfg.seed, server_round, index])
     canaries = None
     if cfg.audit.canaries and hospital.name == cfg.audit.hospital:
         canaries = make_canaries(cfg.audit, sum(p.numel() for p in params.values()))
-    if cfg.privacy.mode != "none":
-        budget = HospitalBudget(cfg, hospital=hospital.name, n_train=hospital.n_train, ledger_path=ledger_path,
-                                max_epsilon=max_epsilon)
-        decision = budget.decide()
-        if not decision.allowed:
-            return RoundOutcome(None, declined=decision.reason)
-        noise = None if cfg.privacy.secure_mode else torch.Generator(device=device).manual_seed(
-            int(np.random.default_rng([cfg.seed, server_round, index, 1]).integers(2**62)))
-        if cfg.privacy.mode == "record":
-            result = meta_train_privately(model, params, hospital, cfg.meta, budget.plan, rng=rng,
-                                          noise_generator=noise, secure_mode=cfg.privacy.secure_mode,
-                                          device=device, noise_scale=noise_scale, canaries=canaries)
-        else:
-            plain = _train_plainly(cfg, hospital, model, params, rng, canaries, device)
-            update = privatize_update(plain.update, sigma=budget.plan.sigma * noise_scale,
-                                      clip_norm=budget.plan.max_grad_norm, generator=noise,
-                                      secure_mode=cfg.privacy.secure_mode)
-            result = LocalResult(update=update, train_loss=plain.train_loss, episodes=plain.episodes)
-        epsilon = budget.commit(run_id=run_id, round=server_round)
-        return RoundOutcome(result, privacy={"epsilon": epsilon, "delta": budget.plan.delta,
-                                             "noise-multiplier": budget.plan.sigma})
-    return RoundOutcome(_train_plainly(cfg, hospital, model, params, rng, canaries, device))
+    if plan is None:
+        return RoundOutcome(_train_plainly(cfg, hospital, model, params, rng, canaries, device))
+    budget = HospitalBudget(plan, hospital=hospital.name, algorithm=cfg.meta.algorithm, ledger_path=ledger_path)
+    decision = budget.spend(run_id=run_id, round=server_round, anchor=anchor)
+    if not decision.allowed:
+        return RoundOutcome(None, declined=decision.reason)
+    noise = None if cfg.privacy.secure_mode else torch.Generator(device=device).manual_seed(
+        int(np.random.default_rng([cfg.seed, server_round, index, 1]).integers(2**62)))
+    if cfg.privacy.mode == "record":
+        result = meta_train_privately(model, params, hospital, cfg.meta, plan, rng=rng, noise_generator=noise,
+                                      secure_mode=cfg.privacy.secure_mode, device=device, noise_scale=noise_scale,
+                                      canaries=canaries)
+    else:
+        plain = _train_plainly(cfg, hospital, model, params, rng, canaries, device)
+        update = privatize_update(plain.update, sigma=plan.sigma * noise_scale, clip_norm=plan.max_grad_norm,
+                                  generator=noise, secure_mode=cfg.privacy.secure_mode)
+        result = LocalResult(update=update, train_loss=plain.train_loss, episodes=plain.episodes)
+    return RoundOutcome(result, privacy={"epsilon": decision.epsilon_after, "delta": plan.delta,
+                                         "noise-multiplier": plan.sigma}, ledger=(decision.rows, decision.head))
 
 
 def _train_plainly(cfg: ExperimentConfig, hospital: Hospital, model: nn.Module, params: Params,

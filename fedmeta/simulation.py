@@ -20,6 +20,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.data.sources import load_federation
 from fedmeta.errors import FedMetaError
 from fedmeta.output_dir import claimed_output_dir
+from fedmeta.privacy.preflight import check_resumed_ledgers, check_run
 
 __all__ = ["simulate", "resume_simulation"]
 
@@ -109,13 +110,14 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
     """
     _quiet_flower()
     fed = load_federation(cfg)  # bad data fails here, before Ray starts
-    if resume:
-        load_checkpoint(out_dir, cfg)  # an incompatible checkpoint fails here, before Ray starts
+    check_run(cfg, fed)  # so does a run no hospital could train
+    if resume:  # an incompatible checkpoint, or ledgers that lost what the run recorded, fail here too
+        check_resumed_ledgers(load_checkpoint(out_dir, cfg).history.ledgers, out_dir / "ledgers")
     # Imported late: Flower and Ray are heavy and the CLI validates input before paying for them.
     from flwr.simulation import run_simulation
 
     from fedmeta.flower.client import build_client_app
-    from fedmeta.flower.server import build_server_app
+    from fedmeta.flower.server import UNTRAINED, build_server_app
 
     n = len(fed.hospitals)
     address = ray_address or os.environ.get("RAY_ADDRESS", "")
@@ -146,6 +148,8 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
         backend_config=backend_config,  # type: ignore[arg-type]
     )
     results_path = out_dir / "results.json"
+    if (out_dir / UNTRAINED).is_file():
+        raise FedMetaError((out_dir / UNTRAINED).read_text(encoding="utf-8").strip())
     if not results_path.is_file():
         raise RuntimeError(f"the simulation ended without writing {results_path}")
     return json.loads(results_path.read_text(encoding="utf-8"))

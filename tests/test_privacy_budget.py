@@ -38,9 +38,9 @@ def _caps() -> dict[str, float]:
 def capped_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     caps = _caps()
     out = tmp_path_factory.mktemp("dp") / "run"
-    table = "{" + ", ".join(f'"{h}" = {c}' for h, c in caps.items()) + "}"
+    table = "{" + ", ".join(f'"{h}" = {{max_epsilon = {c}}}' for h, c in caps.items()) + "}"
     code = main(["simulate", CI, *sum([["--set", s] for s in BASE], []),
-                 "--set", f"privacy.hospital_max_epsilon={table}", "--out", str(out), "--quiet"])
+                 "--set", f"privacy.hospitals={table}", "--out", str(out), "--quiet"])
     assert code == 0
     return out, caps
 

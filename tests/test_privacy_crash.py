@@ -1,5 +1,5 @@
-"""Crash safety: a hospital process killed (SIGKILL) after its ledger write and before its reply
-still has that round counted, and a restarted hospital resumes from the ledger."""
+"""Crash safety: a hospital process killed (SIGKILL) after its ledger write (before training, so
+before any reply) still has that round counted, and a restarted hospital resumes from the ledger."""
 
 from __future__ import annotations
 
@@ -29,11 +29,12 @@ from fedmeta.privacy import budget
 
 config, ledger_dir, crash, round_ = sys.argv[1], sys.argv[2], sys.argv[3] == "crash", int(sys.argv[4])
 if crash:
-    commit = budget.HospitalBudget.commit
-    def commit_then_die(self, **kw):
-        commit(self, **kw)
+    spend = budget.HospitalBudget.spend
+    def spend_then_die(self, **kw):
+        decision = spend(self, **kw)
+        assert decision.allowed
         os.kill(os.getpid(), signal.SIGKILL)  # after the write-ahead, before any reply exists
-    budget.HospitalBudget.commit = commit_then_die
+    budget.HospitalBudget.spend = spend_then_die
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 cfg = load_config(config, ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'privacy.accountant="rdp"'])
 app = build_client_app(cfg, ledger_dir=__import__("pathlib").Path(ledger_dir))

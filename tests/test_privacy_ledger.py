@@ -1,7 +1,9 @@
-"""The privacy ledger: append-only, durable across processes, and the accountant's memory."""
+"""The privacy ledger: append-only, hash-chained, the accountant's memory, and refused once it was
+rolled back, emptied, deleted or rewritten (even with every hash recomputed)."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -10,51 +12,123 @@ import pytest
 from fedmeta.config import load_config
 from fedmeta.privacy.accounting import epsilon_of
 from fedmeta.privacy.budget import HospitalBudget
-from fedmeta.privacy.ledger import PrivacyLedger
+from fedmeta.privacy.ledger import COLUMNS, TRIGGERS, LedgerError, PrivacyLedger, row_hash
+from fedmeta.privacy.plan import plan_privacy
+from fedmeta.privacy.policy import negotiate, policy_from_node_config
 
 CI = Path(__file__).resolve().parents[1] / "configs" / "ci.toml"
+RECORD = ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'privacy.accountant="rdp"']
 
 
-def _row(ledger: PrivacyLedger, round: int, eps: float) -> None:
-    ledger.record(dict(run_id="r1", round=round, hospital="h", algorithm="maml", mechanism="record:episode-clipping",
-                       sigma=1.0, sample_rate=0.1, steps=2, max_grad_norm=1.0, delta=1e-5, accountant="rdp",
-                       epsilon=eps, max_epsilon=10.0))
+def _budget(path: Path, *extra: str, n_train: int = 100) -> HospitalBudget:
+    cfg = load_config(CI, [*RECORD, *extra])
+    return HospitalBudget(plan_privacy(cfg, hospital="hospital-01", n_train=n_train), hospital="hospital-01",
+                          algorithm="maml", ledger_path=path)
+
+
+def _sql(path: Path, script: str) -> None:
+    db = sqlite3.connect(path)
+    db.executescript(script)
+    db.close()
+
+
+def _rechain(path: Path) -> None:
+    """What a careful tamperer does after editing rows: recompute every hash, triggers back in place."""
+    db = sqlite3.connect(path)
+    db.executescript("DROP TRIGGER IF EXISTS spend_no_update; DROP TRIGGER IF EXISTS spend_no_delete;")
+    prev = "0" * 64
+    for row in db.execute(f"SELECT {', '.join(COLUMNS)} FROM spend ORDER BY id").fetchall():
+        values = dict(zip(COLUMNS, row), prev_hash=prev)
+        values["row_hash"] = row_hash(values)
+        db.execute("UPDATE spend SET prev_hash = ?, row_hash = ? WHERE id = ?", (prev, values["row_hash"], row[0]))
+        prev = values["row_hash"]
+    db.commit()
+    for sql in TRIGGERS.values():
+        db.execute(sql)
+    db.commit()
+    db.close()
 
 
 def test_rows_cannot_be_changed_or_removed(tmp_path):
-    ledger = PrivacyLedger(tmp_path / "h.sqlite")
-    _row(ledger, 1, 0.5)
-    db = sqlite3.connect(tmp_path / "h.sqlite")
+    path = tmp_path / "h.sqlite"
+    assert _budget(path).spend(run_id="r", round=1).allowed
+    db = sqlite3.connect(path)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("UPDATE spend SET epsilon = 0.0")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("DELETE FROM spend")
     db.close()
-    assert [r.epsilon for r in ledger.rows()] == [0.5]
+    assert len(PrivacyLedger(path).rows()) == 1
 
 
 def test_a_restarted_hospital_resumes_its_accountant_from_the_ledger(tmp_path):
-    cfg = load_config(CI, ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'privacy.accountant="rdp"'])
     path = tmp_path / "hospital-01.sqlite"
-    first = HospitalBudget(cfg, hospital="hospital-01", n_train=100, ledger_path=path)
-    d1 = first.decide()
-    assert d1.allowed and d1.epsilon_before == 0.0
-    assert first.commit(run_id="run-a", round=1) == pytest.approx(d1.epsilon_after)
+    d1 = _budget(path).spend(run_id="run-a", round=1)
+    assert d1.allowed and d1.epsilon_before == 0.0 and d1.rows == 1
     # A new process (new object, same file) continues from the spend on disk.
-    again = HospitalBudget(cfg, hospital="hospital-01", n_train=100, ledger_path=path)
-    d2 = again.decide()
-    assert d2.epsilon_before == pytest.approx(d1.epsilon_after)
-    assert d2.epsilon_after > d1.epsilon_after
-    mech = again.ledger.history()
-    assert d2.epsilon_before == pytest.approx(epsilon_of(mech, delta=again.plan.delta, accountant="rdp"))
+    again = _budget(path)
+    d2 = again.spend(run_id="run-a", round=2, anchor=(d1.rows, d1.head))
+    assert d2.epsilon_before == pytest.approx(d1.epsilon_after) and d2.epsilon_after > d1.epsilon_after
+    assert d2.epsilon_after == pytest.approx(epsilon_of(again.ledger.history(), delta=again.plan.delta,
+                                                        accountant="rdp"))
+    rows = again.ledger.rows()
+    assert rows[1].prev_hash == rows[0].row_hash == d1.head and rows[1].row_hash == d2.head
 
 
-def test_the_cap_comes_from_the_hospital(tmp_path):
-    cfg = load_config(CI, ['privacy.mode="record"', "privacy.noise_multiplier=1.0", "privacy.max_epsilon=100.0"])
-    budget = HospitalBudget(cfg, hospital="hospital-01", n_train=100, ledger_path=tmp_path / "a.sqlite",
-                            max_epsilon=0.01)  # node config beats the run config
-    decision = budget.decide()
+def test_the_stricter_cap_wins_and_a_declined_round_writes_nothing(tmp_path):
+    cfg = load_config(CI, [*RECORD, "privacy.max_epsilon=100.0"])
+    plan = negotiate(policy_from_node_config({"max-epsilon": 0.01}), cfg, hospital="hospital-01", n_train=100)
+    assert plan.max_epsilon == 0.01  # the node's cap beats the run's larger one ...
+    budget = HospitalBudget(plan, hospital="hospital-01", algorithm="maml", ledger_path=tmp_path / "a.sqlite")
+    decision = budget.spend(run_id="r", round=1)
     assert not decision.allowed and "declines to train" in decision.reason and "cap 0.01" in decision.reason
+    assert budget.ledger.rows() == []
+    cfg = load_config(CI, [*RECORD, "privacy.max_epsilon=0.5"])
+    plan = negotiate(policy_from_node_config({"max-epsilon": 50}), cfg, hospital="hospital-01", n_train=100)
+    assert plan.max_epsilon == 0.5  # ... and the run may lower it
+
+
+@pytest.mark.parametrize("attack", ["delete", "empty", "roll back", "rewrite", "rewrite and rechain",
+                                    "drop a row and rechain", "raise the cap and rechain", "drop the triggers"])
+def test_a_ledger_that_lost_what_the_run_recorded_is_refused(tmp_path, attack):
+    path = tmp_path / "h.sqlite"
+    budget = _budget(path)
+    first = budget.spend(run_id="r", round=1)
+    backup = tmp_path / "backup.sqlite"
+    shutil.copy(path, backup)
+    second = budget.spend(run_id="r", round=2, anchor=(first.rows, first.head))
+    anchor = (second.rows, second.head)
+    edits = {
+        "delete": lambda: path.unlink(),
+        "empty": lambda: _sql(path, "DROP TRIGGER spend_no_delete; DELETE FROM spend;" + TRIGGERS["spend_no_delete"]
+                              + ";"),
+        "roll back": lambda: shutil.copy(backup, path),
+        "rewrite": lambda: _sql(path, "DROP TRIGGER spend_no_update; UPDATE spend SET sigma = sigma * 3;"
+                                + TRIGGERS["spend_no_update"] + ";"),
+        "rewrite and rechain": lambda: (_sql(path, "DROP TRIGGER spend_no_update; UPDATE spend SET sigma = sigma * 3;"),
+                                        _rechain(path)),
+        "drop a row and rechain": lambda: (_sql(path, "DROP TRIGGER spend_no_delete; DELETE FROM spend WHERE id = 1;"
+                                                "DROP TRIGGER spend_no_update; UPDATE spend SET id = 1;"),
+                                           _rechain(path)),
+        "raise the cap and rechain": lambda: (_sql(path, "DROP TRIGGER spend_no_update; "
+                                                   "UPDATE spend SET max_epsilon = 1e9;"), _rechain(path)),
+        "drop the triggers": lambda: _sql(path, "DROP TRIGGER spend_no_update;"),
+    }
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    edits[attack]()
+    with pytest.raises(LedgerError) as err:
+        _budget(path).spend(run_id="r", round=3, anchor=anchor)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_broken_chain_is_refused_even_without_an_anchor(tmp_path):
+    path = tmp_path / "h.sqlite"
+    budget = _budget(path)
+    budget.spend(run_id="r", round=1)
+    _sql(path, "DROP TRIGGER spend_no_update; UPDATE spend SET sigma = sigma * 3;" + TRIGGERS["spend_no_update"] + ";")
+    with pytest.raises(LedgerError, match="does not match its hash"):
+        budget.spend(run_id="r", round=2)
 
 
 def test_the_auditor_reads_without_writing(tmp_path):

@@ -23,12 +23,14 @@ def _task_identity():
 
 
 class InProcessGrid:
-    """Five hospitals on nodes ``first_id ..``; each message runs the ClientApp of its node."""
+    """Five hospitals on nodes ``first_id ..``; each message runs the ClientApp of its node. Their
+    node policy allows the non-private runs of these tests."""
 
     def __init__(self, run_config: dict, first_id: int):
         self.app = build_client_app()
         self.contexts = {first_id + i: Context(run_id=1, node_id=first_id + i, state=RecordDict(),
-                                               node_config={"partition-id": i, "num-partitions": 5},
+                                               node_config={"partition-id": i, "num-partitions": 5,
+                                                            "privacy-mode": "none"},
                                                run_config=run_config) for i in range(5)}
 
     def get_node_ids(self) -> list[int]:

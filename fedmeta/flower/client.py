@@ -8,6 +8,7 @@ Only model-shaped arrays and scalar metrics leave the hospital.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,13 @@ from fedmeta.data.sources import load_federation, load_hospital
 from fedmeta.errors import FedMetaError
 from fedmeta.evaluation import NonFiniteModelError, evaluate_few_shot, score_params
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
-from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT
+from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT, LEDGER_INVALID, POLICY_REFUSED
 from fedmeta.flower.run_config import config_from_run_config
 from fedmeta.meta.functional import Params, params_of
 from fedmeta.local_round import train_hospital_round
 from fedmeta.models import build_model, pick_device
+from fedmeta.privacy.ledger import LedgerError
+from fedmeta.privacy.policy import HospitalPolicy, PolicyRefusal, negotiate, policy_from_config, policy_from_node_config
 
 __all__ = ["build_client_app"]
 
@@ -41,6 +44,11 @@ class _Site:
     held_out: bool
     n_features: int
     device: torch.device
+    deployed: bool  # the config came from the run config (the coordinator's): the node config holds the policy
+
+    def policy(self, node_config: dict) -> HospitalPolicy:
+        """Deployed: the node config's (safe defaults); simulated: the config's per-hospital settings."""
+        return policy_from_node_config(node_config) if self.deployed else policy_from_config(self.cfg, self.hospital.name)
 
 
 def _node_partition(node_config: dict) -> int | None:
@@ -53,7 +61,7 @@ def _node_partition(node_config: dict) -> int | None:
         raise FedMetaError(f"node config partition-id: expected an integer, got {value!r}") from None
 
 
-def _site(cfg: ExperimentConfig, context: Context) -> _Site:
+def _site(cfg: ExperimentConfig, context: Context, deployed: bool) -> _Site:
     """This node's hospital. Deployment: node config ``hospital`` (+ ``data-dir`` for csv / uci-heart)
     loads that hospital alone; simulation: ``partition-id`` indexes the whole federation."""
     node = context.node_config
@@ -65,7 +73,7 @@ def _site(cfg: ExperimentConfig, context: Context) -> _Site:
         fed = load_federation(cfg)
         index = int(node["partition-id"])
         hospital, n_features = fed.hospitals[index], fed.n_features
-    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, n_features, pick_device())
+    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, n_features, pick_device(), deployed)
 
 
 def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Params] | Message:
@@ -79,28 +87,32 @@ def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Param
         return Message(Error(code=BAD_ARRAYS, reason=reason), reply_to=msg)
 
 
-def _float_or_none(value: object) -> float | None:
-    return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
+def ledger_home() -> Path:
+    """Where a deployed node keeps its ledger when its node config names none: on the node's side."""
+    return Path(os.environ.get("FEDMETA_HOME") or Path.home() / ".fedmeta")
 
 
 def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | None = None,
                      _noise_scale: float = 1.0) -> ClientApp:
     """A ClientApp for ``config``, or for the config named in the run config when ``None``.
 
-    A hospital's privacy ledger is the node config's ``ledger`` path (deployment), else
-    ``<ledger_dir>/<hospital>.sqlite`` (simulation), else under the run's ``out-dir``.
+    A hospital's privacy ledger is the node config's ``ledger`` path, else (deployment)
+    ``$FEDMETA_HOME/ledgers/<hospital>.sqlite`` (default ``~/.fedmeta``), else (simulation)
+    ``<ledger_dir>/<hospital>.sqlite``. Nothing in the run config chooses a deployed node's ledger.
     """
     app = ClientApp()
+    deployed = config is None
 
     def ledger_path(site: _Site, context: Context) -> Path:
         if context.node_config.get("ledger"):
             return Path(str(context.node_config["ledger"]))
-        base = ledger_dir or Path(str(context.run_config.get("out-dir", "") or "runs")) / "ledgers"
-        return base / f"{site.hospital.name}.sqlite"
+        if deployed:
+            return ledger_home() / "ledgers" / f"{site.hospital.name}.sqlite"
+        return (ledger_dir or Path("runs") / "ledgers") / f"{site.hospital.name}.sqlite"
 
     def site_of(context: Context) -> _Site:
         torch.set_num_threads(1)  # one simulated hospital per Ray CPU
-        return _site(config or config_from_run_config(context.run_config), context)
+        return _site(config or config_from_run_config(context.run_config), context, deployed)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -125,19 +137,29 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         if isinstance(received, Message):
             return received
         model, params = received
-        server_round = int(msg.content["config"].get("server-round", 0))
+        config = msg.content["config"]
+        server_round = int(config.get("server-round", 0))
+        anchor = (int(config.get("ledger-rows", 0) or 0), str(config.get("ledger-head", "") or ""))
+        name = site.hospital.name
         t0 = time.perf_counter()
-        outcome = train_hospital_round(
-            cfg, site.hospital, site.index, model, params, server_round=server_round, run_id=str(context.run_id),
-            ledger_path=ledger_path(site, context), device=site.device, noise_scale=_noise_scale,
-            max_epsilon=_float_or_none(context.node_config.get("max-epsilon")))
+        try:
+            plan = negotiate(site.policy(context.node_config), cfg, hospital=name, n_train=site.hospital.n_train)
+            outcome = train_hospital_round(
+                cfg, site.hospital, site.index, model, params, plan=plan, server_round=server_round,
+                run_id=str(context.run_id), ledger_path=ledger_path(site, context), device=site.device,
+                anchor=anchor, noise_scale=_noise_scale)
+        except (PolicyRefusal, FedMetaError) as err:
+            code = LEDGER_INVALID if isinstance(err, LedgerError) else POLICY_REFUSED
+            reason = str(err) if name in str(err) else f"hospital {name}: {err}"
+            log.warning(reason)
+            return Message(Error(code=code, reason=reason), reply_to=msg)
         if outcome.result is None:
             log.warning(outcome.declined)
             return Message(Error(code=BUDGET_EXHAUSTED, reason=outcome.declined), reply_to=msg)
         result, privacy = outcome.result, outcome.privacy
         seconds = time.perf_counter() - t0
-        log.info("hospital %s round %d: %s on %s in %.2fs", site.hospital.name, server_round,
-                 cfg.meta.algorithm, site.device, seconds)
+        log.info("hospital %s round %d: %s on %s in %.2fs", name, server_round, cfg.meta.algorithm, site.device,
+                 seconds)
         metrics = MetricRecord({
             "num-examples": site.hospital.n_train,
             # The loss on private records is not noised: under DP it stays at the hospital.
@@ -147,7 +169,12 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
             "on-gpu": int(site.device.type == "cuda"),
             **privacy,
         })
-        return Message(RecordDict({"arrays": params_to_record(result.update), "metrics": metrics}), reply_to=msg)
+        content = RecordDict({"arrays": params_to_record(result.update), "metrics": metrics})
+        if privacy:  # where the spend is recorded: the server keeps it to detect a rolled-back ledger
+            rows, head = outcome.ledger
+            content["ledger"] = ConfigRecord({"rows": rows, "head": head, "run-id": str(context.run_id),
+                                              "accountant": plan.accountant if plan else ""})
+        return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -27,7 +27,7 @@ from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model
 from fedmeta.outputs import write_run_outputs
 
-__all__ = ["build_server_app", "run_federation", "discover_hospitals"]
+__all__ = ["build_server_app", "run_federation", "discover_hospitals", "UNTRAINED"]
 
 log = logging.getLogger("fedmeta.server")
 
@@ -126,6 +126,10 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     except FederationStopped as stop:
         log.warning("%s", stop)
     bar.close()
+    if not any(r.aggregated for r in strategy.history.rounds):
+        reason = _why_untrained(strategy)
+        (out_dir / UNTRAINED).write_text(reason + "\n", encoding="utf-8")
+        raise FedMetaError(reason)
     if strategy.audit_trace:
         torch.save(strategy.audit_trace, out_dir / "audit_trace.pt")
     model.load_state_dict(strategy.optimizer.current())
@@ -134,6 +138,18 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
         timings={"setup_s": t_setup, "total_s": time.perf_counter() - t0},
         stop_reason=strategy.stop_reason, resumed_from_round=start, runtime=runtime,
     )
+
+
+UNTRAINED = "untrained.txt"  # why a run that changed the model in no round wrote no outputs
+
+
+def _why_untrained(strategy: FedMeta) -> str:
+    """The first reason a hospital contributed nothing, else the stop reason."""
+    for rec in strategy.history.rounds:
+        for hospital, miss in sorted(rec.missed.items()):
+            return (f"no round changed the model: nothing was trained (round {rec.round}, hospital {hospital}: "
+                    f"{miss['kind']}: {miss['reason']})")
+    return f"no round changed the model: nothing was trained ({strategy.stop_reason or 'no usable update'})"
 
 
 def build_server_app(config: ExperimentConfig | None = None, out_dir: Path | None = None,

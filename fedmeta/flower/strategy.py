@@ -31,7 +31,7 @@ from fedmeta.checkpoint import Checkpoint, save_checkpoint
 from fedmeta.config import ExperimentConfig
 from fedmeta.flower.membership import Membership, reply_node
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
-from fedmeta.flower.reply_codes import BUDGET_EXHAUSTED
+from fedmeta.flower.reply_codes import BUDGET_EXHAUSTED, REFUSALS
 from fedmeta.history import RunHistory
 from fedmeta.meta.functional import Params
 from fedmeta.server_optimizer import ServerMetaOptimizer
@@ -88,6 +88,7 @@ class FedMeta(FedAvg):
         self._eval_sent: list[str] = []
         self._sent: list[Message] = []  # the messages of the last send_and_receive (ids set by the grid)
         self.declined: set[str] = set()  # hospitals that reached their privacy cap, for good
+        self.refused: set[str] = set()  # hospitals whose policy or ledger refuses this run (asked again on resume)
         self.stop_reason = ""
         self.first_round = 1
         # What the audited hospital released each round, and the model it was sent (audit runs only).
@@ -151,7 +152,7 @@ class FedMeta(FedAvg):
         while True:
             if grid is not None:
                 rejoined += self.members.refresh(grid, timeout=self.cfg.federation.reply_timeout_s)
-            willing = [h for h in self.trainers if h not in self.declined]
+            willing = [h for h in self.trainers if h not in self.declined and h not in self.refused]
             available = [h for h in willing if h in self.members.connected]
             if len(available) >= self.min_train_nodes or grid is None or time.monotonic() > deadline \
                     or len(willing) < self.min_train_nodes:
@@ -163,6 +164,7 @@ class FedMeta(FedAvg):
                 f"stopped before round {server_round}: {len(available)} hospital(s) can train, fewer than "
                 f"federation.min_train_nodes={self.min_train_nodes} "
                 f"(privacy cap reached: {', '.join(sorted(self.declined)) or 'none'}; "
+                + (f"refused by their policy or ledger: {', '.join(sorted(self.refused))}; " if self.refused else "") +
                 f"not connected: {', '.join(offline) or 'none'})")
             raise FederationStopped(self.stop_reason)
         return available, sorted(set(rejoined))
@@ -176,10 +178,33 @@ class FedMeta(FedAvg):
         chosen = sorted(available[int(i)] for i in rng.choice(len(available), size=k, replace=False))
         rec = self.history.round(server_round)
         rec.sampled, rec.rejoined = chosen, rejoined
-        rec.offline = sorted(h for h in self.trainers if h not in self.declined and h not in self.members.connected)
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, [self.members.node_of[h] for h in chosen], MessageType.TRAIN)
+        rec.offline = sorted(h for h in self.trainers if h not in self.declined and h not in self.refused
+                             and h not in self.members.connected)
+        messages = []
+        for h in chosen:  # each hospital is sent the ledger head it last reported, to check it still holds it
+            anchor = self.history.ledgers.get(h, {})
+            own = ConfigRecord({**config, "server-round": server_round, "ledger-rows": int(anchor.get("rows", 0)),
+                                "ledger-head": str(anchor.get("head", ""))})
+            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: own})
+            messages += self._construct_messages(record, [self.members.node_of[h]], MessageType.TRAIN)
+        return messages
+
+    def _record_spend(self, hospital: str, server_round: int, msg: Message, metrics: dict[str, float]) -> None:
+        """Keep a private reply's spend; refuse one whose ledger went back (fewer rows, lower epsilon)."""
+        try:
+            ledger = msg.content["ledger"]
+            rows, head = int(ledger["rows"]), str(ledger["head"])  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            raise RecordError("a private reply without its ledger rows and head") from None
+        last = self.history.ledgers.get(hospital)
+        if last and (rows <= int(last["rows"]) or metrics["epsilon"] < float(last["epsilon"])):
+            raise RecordError(f"its ledger went back: {rows} rows and epsilon {metrics['epsilon']:.4g} after "
+                              f"{last['rows']} rows and epsilon {float(last['epsilon']):.4g} in round {last['round']}")
+        run_ids = sorted({*(last or {}).get("run_ids", []), str(ledger.get("run-id", ""))})
+        self.history.ledgers[hospital] = {
+            "round": server_round, "epsilon": metrics["epsilon"], "delta": metrics.get("delta"),
+            "sigma": metrics.get("noise-multiplier"), "accountant": str(ledger.get("accountant", "")),
+            "rows": rows, "head": head, "run_ids": run_ids}
 
     def _accept(self, msg: Message, server_round: int) -> tuple[str, Params, float, dict[str, float]] | None:
         hospital = self.members.hospital(reply_node(msg, self._sent))
@@ -190,6 +215,9 @@ class FedMeta(FedAvg):
             if msg.error.code == BUDGET_EXHAUSTED:
                 self.declined.add(hospital)
                 rec.miss(hospital, "declined", reason)
+            elif msg.error.code in REFUSALS:
+                self.refused.add(hospital)
+                rec.miss(hospital, "refused", reason)
             else:
                 rec.miss(hospital, "error", f"error reply (code {msg.error.code}): {reason}")
             log.warning("round %d: hospital %s replied with an error: %s", server_round, hospital, reason)
@@ -200,6 +228,8 @@ class FedMeta(FedAvg):
             n = metrics["num-examples"]
             if not (math.isfinite(n) and n > 0):
                 raise RecordError(f"num-examples must be a positive number, got {n}")
+            if "epsilon" in metrics:
+                self._record_spend(hospital, server_round, msg, metrics)
         except (RecordError, KeyError, TypeError, ValueError) as err:
             rec.miss(hospital, "dropped", str(err))
             log.warning("round %d: dropped the reply of hospital %s: %s", server_round, hospital, err)

@@ -17,9 +17,10 @@ from torch import nn
 
 from fedmeta.meta.functional import Params
 
-__all__ = ["CLIENT_MECHANISM", "privatize_update"]
+__all__ = ["CLIENT_MECHANISM", "CLIENT_DELTA", "privatize_update"]
 
 CLIENT_MECHANISM = "client:update-clipping"
+CLIENT_DELTA = 1e-5  # the default delta of hospital-level DP
 
 
 def privatize_update(update: Params, *, sigma: float, clip_norm: float, generator: torch.Generator | None,

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from fedmeta.config import ExperimentConfig
+from fedmeta.errors import FedMetaError
 from fedmeta.privacy.accounting import Mechanism, calibrate_noise_multiplier, default_delta, epsilon_of
-from fedmeta.privacy.client_dp import CLIENT_MECHANISM
+from fedmeta.privacy.client_dp import CLIENT_DELTA, CLIENT_MECHANISM
 
 __all__ = ["Release", "PrivacyPlan", "plan_privacy", "EPISODE_CLIPPING", "DP_SGD", "DP_SGD_SUPPORT",
            "DP_SGD_QUERY", "calibrate_for_releases"]
@@ -112,24 +113,34 @@ def calibrate_for_releases(*, target_epsilon: float, delta: float, rounds: int,
                 return hi
 
 
-def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int, max_epsilon: float | None = None
-                 ) -> PrivacyPlan:
-    """The plan of ``hospital`` for ``privacy.mode`` (``max_epsilon`` from node config overrides the config).
+def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int) -> PrivacyPlan:
+    """The plan of ``hospital`` for ``privacy.mode``, as the run config asks (``fedmeta.privacy.policy``
+    makes it the stricter of this and the hospital's own policy).
 
     ``client``: one release a round, the hospital sampled at the participation rate
-    ``federation.fraction_train``.
+    ``federation.fraction_train``. Raises ``FedMetaError`` for a delta above ``1 / n_train`` (record
+    mode: a mechanism that may publish a whole record) or a target epsilon no noise reaches.
     """
     p, meta = cfg.privacy, cfg.meta
     episode_records = 2 * meta.shots + meta.query
     if p.mode == "client":
-        releases, delta = (Release(CLIENT_MECHANISM, cfg.federation.fraction_train, 1),), p.delta or 1e-5
+        releases, delta = (Release(CLIENT_MECHANISM, cfg.federation.fraction_train, 1),), p.delta or CLIENT_DELTA
     else:
         releases, delta = _record_releases(cfg, n_train), p.delta or default_delta(n_train)
-    sigma = p.noise_multiplier or calibrate_for_releases(
-        target_epsilon=p.target_epsilon, delta=delta, rounds=cfg.federation.rounds,
-        releases=tuple((r.sample_rate, r.steps_per_round) for r in releases), accountant=p.accountant)
-    cap = max_epsilon if max_epsilon is not None else p.hospital_max_epsilon.get(hospital, p.max_epsilon)
+        if delta > 1.0 / n_train:
+            raise FedMetaError(f"privacy.delta: {delta:g} is above 1/n = {1.0 / n_train:.3g} for hospital {hospital} "
+                               f"({n_train} train records); use at most that (default min(1e-5, 0.1/n))")
+    sigma = p.noise_multiplier
+    if not sigma:
+        try:
+            sigma = calibrate_for_releases(
+                target_epsilon=p.target_epsilon, delta=delta, rounds=cfg.federation.rounds,
+                releases=tuple((r.sample_rate, r.steps_per_round) for r in releases), accountant=p.accountant)
+        except ValueError as err:
+            raise FedMetaError(f"privacy.target_epsilon: {p.target_epsilon:g} cannot be reached by hospital {hospital} "
+                               f"in {cfg.federation.rounds} rounds at delta {delta:.3g} ({err})") from None
+    cap = p.hospitals[hospital].max_epsilon if hospital in p.hospitals else p.max_epsilon
     return PrivacyPlan(
         releases=releases, sigma=sigma, delta=delta, max_grad_norm=p.max_grad_norm, accountant=p.accountant,
-        max_epsilon=float(cap), support_fraction=2 * meta.shots / episode_records,
+        max_epsilon=float(min(cap, p.max_epsilon)), support_fraction=2 * meta.shots / episode_records,
     )
