@@ -21,7 +21,6 @@ import ipaddress
 import os
 import re
 import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,8 +178,11 @@ def _write_all(out: Path, files: list[tuple[Path, bytes, bool]]) -> None:
     except BaseException as err:
         for p in [t for t, _ in temps] + placed:
             p.unlink(missing_ok=True)
-        for d in reversed(created):
-            shutil.rmtree(d, ignore_errors=True)
+        for d in reversed(created):  # emptied just above
+            try:
+                d.rmdir()
+            except OSError:
+                pass
         if isinstance(err, OSError):
             raise FedMetaError(f"{out}: cannot write the credentials there: {err.strerror or err}") from None
         raise
