@@ -122,30 +122,35 @@ def _empirical_audit(args: argparse.Namespace) -> int:
     return 0 if rep["consistent"] else 1
 
 
+AUDIT_FAILED, AUDIT_MALFORMED = 1, 3  # exit codes: a ledger that fails a check; a row that is not a spend
+
+
 def _audit(args: argparse.Namespace) -> int:
-    from fedmeta.privacy.ledger_audit import audit_ledger, write_audit
+    from fedmeta.privacy.ledger_audit import audit_ledger, load_run_record, write_audit
 
     if args.empirical:
         return _empirical_audit(args)
     if not args.ledgers:
         raise FedMetaError("audit: give ledger files, or --empirical CONFIG")
-
-    reports = [audit_ledger(p) for p in args.ledgers]
-    print(f"{'hospital':<16} {'rounds':>6} {'epsilon':>9} {'cap':>8} {'remaining':>9}  mechanisms / check")
+    run = load_run_record(args.run) if args.run else None
+    reports = [audit_ledger(p, run) for p in args.ledgers]
+    print(f"{'hospital':<16} {'rounds':>6} {'epsilon':>9} {'cap':>8} {'remaining':>9}  mechanisms; check")
     for rep in reports:
-        cap = f"{rep.max_epsilon:.3f}" if rep.max_epsilon != float("inf") else "none"
-        left = f"{rep.max_epsilon - rep.epsilon:.3f}" if rep.max_epsilon != float("inf") else "-"
-        verdict = "ok" if not rep.mismatches else f"MISMATCH in rows {[c.row.id for c in rep.mismatches]}"
-        mechs = ", ".join(sorted({c.row.mechanism for c in rep.checks})) or "-"
-        print(f"{rep.hospital:<16} {len(rep.checks):>6} {rep.epsilon:>9.3f} {cap:>8} {left:>9}  {mechs}; {verdict}")
-        for c in rep.mismatches:
-            print(f"  row {c.row.id} (run {c.row.run_id}, round {c.row.round}): recorded epsilon "
-                  f"{c.row.epsilon:.6g}, recomputed {c.recomputed:.6g}")
+        capped = rep.max_epsilon != float("inf")
+        cap = f"{rep.max_epsilon:.3f}" if capped else "none"
+        left = f"{rep.max_epsilon - rep.epsilon:.3f}" if capped else "-"
+        verdict = "ok" if rep.ok else "MALFORMED" if rep.malformed else f"FAILED ({len(rep.problems)} problem(s))"
+        mechs = ", ".join(sorted({r.mechanism for r in rep.rows})) if not rep.malformed else "-"
+        print(f"{rep.hospital:<16} {rep.rounds:>6} {rep.epsilon:>9.3f} {cap:>8} {left:>9}  {mechs or '-'}; {verdict}")
+        for line in ([rep.malformed] if rep.malformed else rep.problems):
+            print(f"  {line}")
     out = Path(args.out) if args.out else Path("runs") / f"audit-{datetime.now():%Y%m%d-%H%M%S}"
     with claimed_output_dir(out) as run_dir:
         write_audit(reports, run_dir)
     print(f"report: {out}/audit.json, {out}/audit.png")
-    return 1 if any(r.mismatches for r in reports) else 0
+    if any(r.malformed for r in reports):
+        return AUDIT_MALFORMED
+    return AUDIT_FAILED if any(not r.ok for r in reports) else 0
 
 
 def _deploy_certs(args: argparse.Namespace) -> None:
@@ -226,6 +231,8 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_compare)
     a = sub.add_parser("audit", help="recompute and report the privacy spent in hospitals' ledgers")
     a.add_argument("ledgers", nargs="*", help="ledger files (<out>/ledgers/<hospital>.sqlite)")
+    a.add_argument("--run", metavar="RUN_DIR", help="also check the ledgers against this run: the head it recorded "
+                   "for each hospital, and the sigma, rates, steps, delta and accountant its config implies")
     a.add_argument("--out", help="report directory (default runs/audit-<time>)")
     a.add_argument("--empirical", metavar="CONFIG", help="run a one-run canary audit of CONFIG instead")
     a.add_argument("--canaries", type=int, help="number of canaries (sets audit.canaries)")

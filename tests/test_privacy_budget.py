@@ -14,8 +14,8 @@ import pytest
 from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.data.sources import load_federation
-from fedmeta.privacy.accounting import epsilon_of
-from fedmeta.privacy.ledger import PrivacyLedger
+from fedmeta.privacy.accounting import Mechanism, epsilon_of
+from fedmeta.privacy.ledger import COLUMNS, TRIGGERS, PrivacyLedger, row_hash
 from fedmeta.privacy.plan import plan_privacy
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
@@ -76,26 +76,106 @@ def test_audit_recomputes_every_ledger_and_reports_remaining_budget(capped_run, 
     ledgers = sorted(str(p) for p in (out / "ledgers").glob("*.sqlite"))
     assert main(["audit", *ledgers, "--out", str(tmp_path / "audit")]) == 0
     text = capsys.readouterr().out
-    assert text.count("; ok") == len(caps) and "MISMATCH" not in text
+    assert text.count("; ok") == len(caps) and "FAILED" not in text
+    assert main(["audit", *ledgers, "--run", str(out), "--out", str(tmp_path / "with-run")]) == 0
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
     for r in report:
         assert r["max_epsilon"] == pytest.approx(caps[r["hospital"]])
         assert r["remaining"] == pytest.approx(caps[r["hospital"]] - r["epsilon"]) and r["remaining"] >= 0
+        assert r["rounds"] == (1 if r["hospital"] == "hospital-01" else 2) and r["ok"]
     assert (tmp_path / "audit" / "audit.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("tamper", ["UPDATE spend SET epsilon = epsilon * 0.5 WHERE id = 2",
-                                    "UPDATE spend SET sigma = sigma * 3 WHERE id = 1"])
-def test_audit_flags_a_tampered_ledger(capped_run, tmp_path, capsys, tamper):
-    out, _ = capped_run
-    ledger = tmp_path / "hospital-02.sqlite"
-    shutil.copy(out / "ledgers" / "hospital-02.sqlite", ledger)
-    for suffix in ("-wal", "-shm"):
-        src = out / "ledgers" / f"hospital-02.sqlite{suffix}"
+def _copy_ledger(out: Path, hospital: str, to: Path) -> Path:
+    to.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        src = out / "ledgers" / f"{hospital}.sqlite{suffix}"
         if src.exists():
-            shutil.copy(src, tmp_path / f"hospital-02.sqlite{suffix}")
-    db = sqlite3.connect(ledger)  # a tamperer goes around the append-only triggers
-    db.executescript(f"DROP TRIGGER spend_no_update; {tamper};")
+            shutil.copy(src, to / src.name)
+    return to / f"{hospital}.sqlite"
+
+
+def _rewrite(path: Path, sql: str, *, recompute: bool) -> None:
+    """A tamperer's edit. ``recompute``: then make the ledger agree with itself again (every epsilon
+    recomputed with the accountant, every hash of the chain recomputed, the triggers put back)."""
+    db = sqlite3.connect(path)
+    db.executescript("DROP TRIGGER spend_no_update; DROP TRIGGER spend_no_delete;" + sql)
+    if recompute:
+        rows = [dict(zip(COLUMNS, r)) for r in db.execute(f"SELECT {', '.join(COLUMNS)} FROM spend ORDER BY id")]
+        prev = "0" * 64
+        for i, row in enumerate(rows):
+            row["epsilon"] = epsilon_of([Mechanism(r["sigma"], r["sample_rate"], r["steps"]) for r in rows[: i + 1]],
+                                        delta=row["delta"], accountant=row["accountant"])
+            row["prev_hash"] = prev
+            row["row_hash"] = prev = row_hash(row)
+            db.execute("UPDATE spend SET epsilon = ?, prev_hash = ?, row_hash = ? WHERE id = ?",
+                       (row["epsilon"], row["prev_hash"], row["row_hash"], row["id"]))
+        db.commit()
+        for trigger in TRIGGERS.values():
+            db.execute(trigger)
+    db.commit()
     db.close()
+
+
+# Edits that leave a ledger agreeing with itself (recomputed epsilons and chain): only the run catches them.
+CONSISTENT_REWRITES = {
+    "sigma x 3": "UPDATE spend SET sigma = sigma * 3;",
+    "delta -> 0.01": "UPDATE spend SET delta = 0.01;",
+    "q / 10": "UPDATE spend SET sample_rate = sample_rate / 10;",
+    "last row deleted": "DELETE FROM spend WHERE id = (SELECT MAX(id) FROM spend);",
+    "first row deleted, ids renumbered": "DELETE FROM spend WHERE id = 1; UPDATE spend SET id = id - 1;",
+    "cap raised": "UPDATE spend SET max_epsilon = 1000;",
+}
+
+
+@pytest.mark.parametrize("edit", list(CONSISTENT_REWRITES))
+def test_audit_against_the_run_catches_a_consistent_rewrite(capped_run, tmp_path, capsys, edit):
+    out, _ = capped_run
+    ledger = _copy_ledger(out, "hospital-02", tmp_path / "ledgers")
+    assert main(["audit", str(ledger), "--run", str(out), "--out", str(tmp_path / "before")]) == 0
+    _rewrite(ledger, CONSISTENT_REWRITES[edit], recompute=True)
+    assert main(["audit", str(ledger), "--out", str(tmp_path / "alone")]) == 0  # it agrees with itself ...
+    assert main(["audit", str(ledger), "--run", str(out), "--out", str(tmp_path / "audit")]) == 1  # ... not the run
+    assert "FAILED" in capsys.readouterr().out
+
+
+# Edits the ledger alone betrays.
+BROKEN = {
+    "epsilon halved": ("UPDATE spend SET epsilon = epsilon * 0.5 WHERE id = 2;", False, "recomputed"),
+    "sigma x 3, nothing recomputed": ("UPDATE spend SET sigma = sigma * 3 WHERE id = 1;", False, "recorded epsilon"),
+    "a middle row deleted": ("DELETE FROM spend WHERE id = 1;", False, "not contiguous"),
+    "triggers dropped": ("", False, "trigger spend_no_update was dropped"),
+    "over its cap": ("UPDATE spend SET max_epsilon = epsilon / 2;", True, "over the cap"),
+}
+
+
+@pytest.mark.parametrize("edit", list(BROKEN))
+def test_audit_fails_a_ledger_that_betrays_itself(capped_run, tmp_path, capsys, edit):
+    out, _ = capped_run
+    ledger = _copy_ledger(out, "hospital-02", tmp_path / "ledgers")
+    sql, recompute, fragment = BROKEN[edit]
+    _rewrite(ledger, sql, recompute=recompute)
     assert main(["audit", str(ledger), "--out", str(tmp_path / "audit")]) == 1
-    assert "MISMATCH" in capsys.readouterr().out
+    assert fragment in capsys.readouterr().out
+
+
+MALFORMED = {
+    "sigma <= 0": ("UPDATE spend SET sigma = -1 WHERE id = 1;", "sigma must be > 0"),
+    "delta = 0": ("UPDATE spend SET delta = 0 WHERE id = 1;", "delta must be in (0, 1)"),
+    "q > 1": ("UPDATE spend SET sample_rate = 2 WHERE id = 1;", "sample_rate must be in (0, 1]"),
+    "unknown accountant": ("UPDATE spend SET accountant = 'gdp2' WHERE id = 1;", "unknown accountant"),
+    "text in a number column": ("UPDATE spend SET sigma = 'lots' WHERE id = 1;", "sigma is 'lots', not a number"),
+    "text in an integer column": ("UPDATE spend SET steps = 'x' WHERE id = 1;", "steps is 'x', not an integer"),
+}
+
+
+@pytest.mark.parametrize("edit", list(MALFORMED))
+def test_a_malformed_row_is_one_line_and_its_own_exit_code(capped_run, tmp_path, capsys, edit):
+    out, _ = capped_run
+    ledger = _copy_ledger(out, "hospital-02", tmp_path / "ledgers")
+    sql, fragment = MALFORMED[edit]
+    _rewrite(ledger, sql, recompute=False)
+    assert main(["audit", str(ledger), "--out", str(tmp_path / "audit")]) == 3
+    text = capsys.readouterr()
+    assert "Traceback" not in text.out + text.err and "MALFORMED" in text.out
+    assert f"row 1: {fragment}" in text.out

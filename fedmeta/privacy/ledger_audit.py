@@ -228,7 +228,8 @@ def _plot(reports: list[LedgerReport], path: Path) -> None:
     ax.set_ylabel("epsilon (recomputed)")
     ax.set_title("privacy spent per hospital (dotted: cap)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
