@@ -301,6 +301,24 @@ def test_two_claims_on_one_directory_conflict(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
 
 
+def test_a_second_process_on_a_claimed_out_is_refused_at_once(tmp_path, capsys, nothing_runs):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from fedmeta.output_dir import claimed_output_dir\n"
+                               f"with claimed_output_dir(Path({str(out)!r})):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["simulate", CI, "--out", str(out), "--quiet"]) == 2
+        assert capsys.readouterr().err == (f"fedmeta: error: --out {out}: in use by another fedmeta run "
+                                           f"(pid {holder.pid}); choose another --out\n")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["simulate", CI, "--out", str(out), "--quiet"]) == 2  # killed: its claim is stale
+    assert f"left unfinished by a run that is no longer running (pid {holder.pid})" in capsys.readouterr().err
+
+
 def _fail_in(out: Path, error: BaseException, ledger: bool = True) -> None:
     with pytest.raises(type(error)):
         with claimed_output_dir(out) as run_dir:
