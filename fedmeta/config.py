@@ -175,7 +175,8 @@ class PrivacyConfig(_Section):
     max_epsilon: float = Field(float("inf"), gt=0, description="default per-hospital cap")
     hospitals: dict[str, HospitalPrivacyConfig] = Field(default_factory=dict,
                                                         description="per-hospital policies (simulation)")
-    secure_mode: bool = Field(False, description="Opacus secure noise (not reproducible from the seed)")
+    secure_mode: bool = Field(False, description="Opacus secure noise, sampling and noise from OS entropy (not "
+                              "reproducible from the seed); a deployed node always uses them")
 
     @model_validator(mode="after")
     def _noise_or_target(self) -> "PrivacyConfig":

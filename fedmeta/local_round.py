@@ -7,6 +7,7 @@ train, and only then return the update.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -55,16 +56,19 @@ def train_hospital_round(
     decision = budget.spend(run_id=run_id, round=server_round, anchor=anchor)
     if not decision.allowed:
         return RoundOutcome(None, declined=decision.reason)
-    noise = None if cfg.privacy.secure_mode else torch.Generator(device=device).manual_seed(
-        int(np.random.default_rng([cfg.seed, server_round, index, 1]).integers(2**62)))
+    secure = plan.secure_randomness
+    if secure:  # nothing the run config holds (its seed) may predict the Poisson coins or the noise
+        rng = np.random.default_rng(secrets.randbits(128))
+    noise_seed = secrets.randbits(63) if secure else int(
+        np.random.default_rng([cfg.seed, server_round, index, 1]).integers(2**62))
+    noise = torch.Generator(device=device).manual_seed(noise_seed)
     if cfg.privacy.mode == "record":
         result = meta_train_privately(model, params, hospital, cfg.meta, plan, rng=rng, noise_generator=noise,
-                                      secure_mode=cfg.privacy.secure_mode, device=device, noise_scale=noise_scale,
-                                      canaries=canaries)
+                                      secure_mode=secure, device=device, noise_scale=noise_scale, canaries=canaries)
     else:
         plain = _train_plainly(cfg, hospital, model, params, rng, canaries, device)
         update = privatize_update(plain.update, sigma=plan.sigma * noise_scale, clip_norm=plan.max_grad_norm,
-                                  generator=noise, secure_mode=cfg.privacy.secure_mode)
+                                  generator=noise, secure_mode=secure)
         result = LocalResult(update=update, train_loss=plain.train_loss, episodes=plain.episodes)
     return RoundOutcome(result, privacy={"epsilon": decision.epsilon_after, "delta": plan.delta,
                                          "noise-multiplier": plan.sigma}, ledger=(decision.rows, decision.head))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -97,3 +98,24 @@ def test_a_node_that_allows_non_private_runs_trains_them(app, tmp_path):
 def test_a_malformed_node_policy_is_refused_in_one_line(app, tmp_path):
     reply = _train(app, tmp_path, DP, **{"max-epsilon": "lots"})
     assert reply.has_error() and "node config max-epsilon: expected a number" in reply.error.reason
+
+
+def test_the_coordinator_cannot_replay_a_deployed_node_noise_from_the_seed(app, tmp_path):
+    """Same run config (same seed), same model, same round, two fresh ledgers: a deployed node's
+    updates differ (sampling and noise from OS entropy); a simulated hospital's are reproducible."""
+    updates = []
+    for i in (1, 2):
+        reply = _train(app, tmp_path / f"node-{i}", DP)
+        updates.append(reply.content["arrays"].to_torch_state_dict())
+    assert any(not torch.equal(updates[0][k], updates[1][k]) for k in updates[0])
+    cfg = load_config(CI, DP.split())
+    simulated = build_client_app(cfg, ledger_dir=tmp_path / "sim")
+    params = params_of(build_model(cfg.model, 8, 0))
+    same = []
+    for i in (1, 2):
+        msg = Message(RecordDict({"arrays": params_to_record(params), "config": ConfigRecord({"server-round": 1})}),
+                      dst_node_id=7, message_type=MessageType.TRAIN)
+        ctx = Context(run_id=i, node_id=7, node_config={"partition-id": 0, "num-partitions": 5}, state=RecordDict(),
+                      run_config={})
+        same.append(simulated(msg, ctx).content["arrays"].to_torch_state_dict())
+    assert all(torch.equal(same[0][k], same[1][k]) for k in same[0])

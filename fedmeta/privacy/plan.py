@@ -54,6 +54,9 @@ class PrivacyPlan:
     accountant: str
     max_epsilon: float
     support_fraction: float
+    # Record sampling, slot assignment and noise drawn from OS entropy, never from the run seed:
+    # whoever knows the seed could otherwise replay the noise and the Poisson coins.
+    secure_randomness: bool = False
 
     def round_history(self) -> list[Mechanism]:
         """What one round adds to the hospital's accountant, in ledger order."""
@@ -143,4 +146,5 @@ def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int) -> Priva
     return PrivacyPlan(
         releases=releases, sigma=sigma, delta=delta, max_grad_norm=p.max_grad_norm, accountant=p.accountant,
         max_epsilon=float(min(cap, p.max_epsilon)), support_fraction=2 * meta.shots / episode_records,
+        secure_randomness=p.secure_mode,
     )

@@ -5,7 +5,8 @@ its own side: its node config in a deployment, ``privacy.hospitals.NAME`` in a s
 person plays every role). A run that asks for less than the policy — another privacy mode, no DP at
 all, a larger delta, less noise — is refused; the cap is the smaller of the two, the accountant the
 hospital's. A deployed node without a policy requires record-level DP, the default delta bound and a
-cap of ``DEFAULT_NODE_MAX_EPSILON``.
+cap of ``DEFAULT_NODE_MAX_EPSILON``; a deployed node always draws its sampling and noise from OS
+entropy, whatever ``privacy.secure_mode`` and the seed say.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class HospitalPolicy:
     default_delta_bound: bool = False
     accountant: str | None = None
     min_noise_multiplier: float = 0.0
+    secure_randomness: bool = False  # a deployed node always: the run seed is the coordinator's
     source: str = "the run config"
 
 
@@ -84,7 +86,7 @@ def policy_from_node_config(node_config: Mapping[str, object]) -> HospitalPolicy
         mode=mode, max_epsilon=_number(node_config, "max-epsilon", DEFAULT_NODE_MAX_EPSILON, positive=True),
         max_delta=delta, default_delta_bound=delta is None, accountant=accountant,
         min_noise_multiplier=_number(node_config, "min-noise-multiplier", 0.0, positive=False),
-        source="node config")
+        secure_randomness=True, source="node config")
 
 
 def negotiate(policy: HospitalPolicy, cfg: ExperimentConfig, *, hospital: str, n_train: int) -> PrivacyPlan | None:
@@ -114,4 +116,5 @@ def negotiate(policy: HospitalPolicy, cfg: ExperimentConfig, *, hospital: str, n
         raise PolicyRefusal(f"hospital {hospital} accepts noise multiplier >= {policy.min_noise_multiplier:g} "
                             f"({policy.source}) and the run asks for {plan.sigma:.4g}")
     return replace(plan, accountant=policy.accountant or plan.accountant,
-                   max_epsilon=min(plan.max_epsilon, policy.max_epsilon))
+                   max_epsilon=min(plan.max_epsilon, policy.max_epsilon),
+                   secure_randomness=plan.secure_randomness or policy.secure_randomness)
