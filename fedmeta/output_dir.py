@@ -27,6 +27,7 @@ LEDGERS = "ledgers"
 
 
 def pid_alive(pid: int) -> bool:
+    """Signal 0 asks whether the process exists without disturbing it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,6 +77,7 @@ def _make_dir(out: Path, flag: str, shown: str) -> list[Path]:
 
 
 def _take_claim(out: Path, flag: str, shown: str, resume: bool) -> None:
+    """O_EXCL: of two runs racing for one directory exactly one gets it."""
     try:
         fd = os.open(out / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
