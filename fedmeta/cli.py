@@ -49,7 +49,9 @@ def _simulate(args: argparse.Namespace) -> None:
     from fedmeta.data.sources import load_federation
     from fedmeta.simulation import simulate
 
-    load_federation(cfg)  # validate the data before creating anything
+    from fedmeta.privacy.preflight import check_run
+
+    check_run(cfg, load_federation(cfg))  # validate the data and the privacy plan before creating anything
     if args.resume:
         from fedmeta.simulation import resume_simulation
 
@@ -82,7 +84,11 @@ def _compare(args: argparse.Namespace) -> None:
     if unknown:
         raise FedMetaError(f"--algorithms: unknown {', '.join(unknown)} (expected some of {', '.join(COMPARED)})")
     _check_seeds(args.seeds)
-    load_federation(cfg)
+    from fedmeta.privacy.preflight import check_run
+
+    fed = load_federation(cfg)
+    for meta_algorithm in {COMPARED[a] for a in args.algorithms} - {None}:  # each federated run's privacy plan
+        check_run(cfg.model_copy(update={"meta": cfg.meta.model_copy(update={"algorithm": meta_algorithm})}), fed)
     out = Path(args.out) if args.out else _default_out(Path(args.config), "compare")
     with claimed_output_dir(out) as run_dir:
         result = run_comparison(cfg, args.algorithms, args.seeds, run_dir,
@@ -174,6 +180,25 @@ def _deploy_register(args: argparse.Namespace) -> None:
         print(f"registered {key} as node {node_id}")
 
 
+def _node_policy(args: argparse.Namespace) -> dict[str, str | float]:
+    """Every node's privacy policy from ``--node-policy KEY=VALUE`` and ``--max-epsilon``, checked."""
+    from fedmeta.privacy.policy import NODE_POLICY_KEYS, policy_from_node_config
+
+    policy: dict[str, str | float] = {}
+    for item in args.node_policy or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in NODE_POLICY_KEYS:
+            raise FedMetaError(f"--node-policy {item!r}: expected KEY=VALUE with KEY one of {', '.join(NODE_POLICY_KEYS)}")
+        policy[key] = value
+    if args.max_epsilon is not None:
+        policy["max-epsilon"] = args.max_epsilon
+    try:
+        policy_from_node_config(policy)
+    except FedMetaError as err:
+        raise FedMetaError(f"--node-policy: {err}") from None
+    return {k: (float(v) if k in ("max-epsilon", "delta", "min-noise-multiplier") else v) for k, v in policy.items()}
+
+
 def _deploy_local(args: argparse.Namespace) -> None:
     import signal
 
@@ -185,13 +210,18 @@ def _deploy_local(args: argparse.Namespace) -> None:
     if args.resume and args.out:
         raise FedMetaError("deploy-local: give --out for a new run or --resume RUN_DIR, not both")
     out = Path(args.resume or args.out or _default_out(Path(args.config), "deploy-local"))
+    from fedmeta.data.sources import load_federation
+    from fedmeta.privacy.preflight import check_run
+
+    check_run(cfg, load_federation(cfg))
+    node_policy = _node_policy(args)
 
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # stop the processes we started, as on Ctrl-C
 
     signal.signal(signal.SIGTERM, _terminate)
     summary = deploy_local(cfg, out, hospitals=args.hospitals, project=Path(args.project or PROJECT_ROOT),
-                           max_epsilon=args.max_epsilon, timeout_s=args.timeout, resume=bool(args.resume),
+                           node_policy=node_policy, timeout_s=args.timeout, resume=bool(args.resume),
                            announce=lambda line: print(line, file=sys.stderr, flush=True))
     results = json.loads(Path(summary["results"]).read_text())
     _print_summary(results)
@@ -269,7 +299,11 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--seed", type=int, help="shorthand for --set seed=N")
     dl.add_argument("--hospitals", nargs="+", metavar="NAME",
                     help="node names (synthetic: the generated sites in order; csv / uci-heart: a subset)")
-    dl.add_argument("--max-epsilon", type=float, help="each hospital's privacy cap (node config max-epsilon)")
+    dl.add_argument("--max-epsilon", type=float, help="each hospital's privacy cap (node config max-epsilon; "
+                    "a node without one caps itself at 10)")
+    dl.add_argument("--node-policy", action="append", metavar="KEY=VALUE",
+                    help="a privacy policy key every node's config gets (repeatable): privacy-mode=record|client|none, "
+                         "max-epsilon, delta, accountant, min-noise-multiplier; see docs/privacy.md")
     dl.add_argument("--project", help="the fedmeta project directory that `flwr run` submits "
                     "(default: this installation's)")
     dl.add_argument("--timeout", type=float, default=1800.0, help="seconds the run may take (default 1800)")

@@ -194,7 +194,7 @@ class AuditConfig(_Section):
 
     canaries: int = Field(0, ge=0)
     hospital: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class ExperimentConfig(_Section):

@@ -62,6 +62,7 @@ def test_one_supernode_per_hospital_each_sees_only_its_own_data(compose):
         node_config = _flags(node)["--node-config"]
         assert f'hospital="{hospital}"' in node_config and 'data-dir="/data"' in node_config
         assert 'ledger="/state/' in node_config and "max-epsilon=" in node_config
+        assert 'privacy-mode="record"' in node_config  # the hospital's own policy, not the coordinator's
         binds = [v for v in node["volumes"] if v.split(":")[-2 if v.endswith((":ro", ":rw")) else -1].startswith("/")]
         data = [v for v in binds if ":/data" in v]
         assert len(data) == 1 and data[0].endswith(":/data:ro"), node["volumes"]

@@ -24,6 +24,7 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.deploy.local import LocalDeployment
 from fedmeta.deploy.processes import ProcessManager, pid_alive
@@ -105,6 +106,12 @@ def test_a_supernode_killed_mid_run_misses_rounds_and_rejoins(tmp_path, manager)
     assert "--enable-supernode-auth" in manager.started[0].argv and "--ssl-certfile" in manager.started[0].argv
     assert not any("--insecure" in p.argv for p in manager.started)
     assert any(f"round {rounds}/{rounds} aggregated" in line for line in lines)
+    # Record-level DP under the nodes' default policy: each ledger stayed in its node's directory,
+    # still holds the head the run recorded and matches the run's config, c's killed rounds included.
+    assert set(results["history"]["ledgers"]) == set(HOSPITALS)
+    for h in HOSPITALS:
+        assert main(["audit", str(run / "nodes" / h / "ledger.sqlite"), "--run", str(dep.out),
+                     "--out", str(tmp_path / f"audit-{h}")]) == 0
 
 
 class _InProcessGrid:
@@ -135,10 +142,13 @@ def _uninterrupted(cfg, dep: LocalDeployment, out: Path) -> dict[str, torch.Tens
 
 def test_superlink_and_serverapp_killed_then_resumed_end_with_the_uninterrupted_model(tmp_path, manager):
     rounds, hospitals = 2, HOSPITALS[:2]  # kept small: each message starts a ClientApp process
+    # Non-private, which the nodes' own policy allows: a deployed node's DP noise comes from OS entropy,
+    # and this test compares the resumed model with an uninterrupted one bit for bit.
     cfg = load_config(DEPLOY, [f"federation.rounds={rounds}", f"eval.every={rounds}", "server.optimizer='adam'",
-                               "server.lr=0.1"])
+                               "server.lr=0.1", "privacy.mode='none'"])
     lines: list[str] = []
-    dep = LocalDeployment(cfg, tmp_path / "run", hospitals=hospitals, announce=lines.append, manager=manager)
+    dep = LocalDeployment(cfg, tmp_path / "run", hospitals=hospitals, announce=lines.append, manager=manager,
+                          node_policy={"privacy-mode": "none"})
     try:
         dep.start()
         first = dep.submit()

@@ -77,9 +77,10 @@ def flower_env(run_dir: Path) -> dict[str, str]:
 
 
 def plan_nodes(cfg: ExperimentConfig, run_dir: Path, hospitals: list[str] | None = None,
-               max_epsilon: float | None = None) -> list[NodeSpec]:
+               node_policy: dict[str, str | float] | None = None) -> list[NodeSpec]:
     """One node per hospital. Synthetic: ``hospitals`` name the generated sites in order
-    (``partition-id``). csv / uci-heart: each node gets a directory holding its own file only."""
+    (``partition-id``). csv / uci-heart: each node gets a directory holding its own file only.
+    ``node_policy``: privacy policy keys every node's config gets (``fedmeta.privacy.policy``)."""
     from fedmeta.data.sources import load_federation
     from fedmeta.data.uci_heart import UCI_SITES
 
@@ -111,8 +112,7 @@ def plan_nodes(cfg: ExperimentConfig, run_dir: Path, hospitals: list[str] | None
             fname = f"{name}.csv" if cfg.data.source == "csv" else UCI_SITES[name]
             (own / fname).symlink_to(Path(cfg.data.dir) / fname)
             node_config["data-dir"] = str(own)
-        if max_epsilon is not None:
-            node_config["max-epsilon"] = float(max_epsilon)
+        node_config.update(node_policy or {})
         specs.append(NodeSpec(name, node_config, home))
     return specs
 
@@ -242,8 +242,8 @@ class LocalDeployment:
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, hospitals: list[str] | None = None,
-                 project: Path = PROJECT_ROOT, max_epsilon: float | None = None, announce: Announce = print,
-                 manager: ProcessManager | None = None, resume: bool = False) -> None:
+                 project: Path = PROJECT_ROOT, node_policy: dict[str, str | float] | None = None,
+                 announce: Announce = print, manager: ProcessManager | None = None, resume: bool = False) -> None:
         if not (project / "pyproject.toml").is_file():
             raise FedMetaError(f"--project: {project}: no pyproject.toml (give the fedmeta project directory)")
         self.cfg, self.project, self.announce, self.resume = cfg, project, announce, resume
@@ -268,7 +268,7 @@ class LocalDeployment:
             except OSError as err:
                 raise FedMetaError(f"--out {run_dir}: cannot create the run directory: {err.strerror or err}") from None
             try:
-                self.specs = plan_nodes(cfg, run_dir, hospitals, max_epsilon)
+                self.specs = plan_nodes(cfg, run_dir, hospitals, node_policy)
                 self.creds = create_credentials(run_dir / "certs", [s.hospital for s in self.specs])
                 plan_file.write_text(json.dumps({"nodes": {s.hospital: s.node_config for s in self.specs}},
                                                 indent=2) + "\n")
@@ -419,13 +419,14 @@ class LocalDeployment:
 
 
 def deploy_local(cfg: ExperimentConfig, run_dir: Path, *, hospitals: list[str] | None = None,
-                 project: Path = PROJECT_ROOT, max_epsilon: float | None = None, timeout_s: float = 1800.0,
+                 project: Path = PROJECT_ROOT, node_policy: dict[str, str | float] | None = None,
+                 timeout_s: float = 1800.0,
                  announce: Announce = print, manager: ProcessManager | None = None,
                  resume: bool = False) -> dict[str, Any]:
     """Run ``cfg`` on the loopback deployment in ``run_dir`` (must not exist, or with ``resume`` the
     run directory of an interrupted deployment); returns a summary (run id, status, round times,
     paths). ``manager`` lets a caller own the processes."""
-    dep = LocalDeployment(cfg, run_dir, hospitals=hospitals, project=project, max_epsilon=max_epsilon,
+    dep = LocalDeployment(cfg, run_dir, hospitals=hospitals, project=project, node_policy=node_policy,
                           announce=announce, manager=manager, resume=resume)
     run_dir, out, pm = dep.run_dir, dep.out, dep.pm
     summary: dict[str, Any] = {"run_dir": str(run_dir), "superlink": f"127.0.0.1:{dep.port}",
