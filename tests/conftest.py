@@ -4,6 +4,10 @@ one at a time, so no two Ray instances or two deployments ever share the machine
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from fedmeta.deploy.processes import ProcessManager
@@ -24,3 +28,16 @@ def manager():
     yield pm
     pm.stop_all()
     assert pm.alive_pids() == [], "a process started by the test is still running"
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A directory ``build`` fills once per session. pytest-xdist hands a worker its tests in chunks
+    and tears every fixture down at the end of a chunk, so a module fixture that runs a whole
+    federation may run again; its result is kept in the session's base temp instead."""
+    out = tmp_path_factory.getbasetemp() / f"built-once-{name}"
+    if not (out / ".built").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        build(out)
+        (out / ".built").touch()
+    return out

@@ -105,7 +105,7 @@ def test_a_supernode_killed_mid_run_misses_rounds_and_rejoins(tmp_path, manager)
                                                           *(f"{h}.log" for h in HOSPITALS)}
     assert "--enable-supernode-auth" in manager.started[0].argv and "--ssl-certfile" in manager.started[0].argv
     assert not any("--insecure" in p.argv for p in manager.started)
-    assert any(f"round {rounds}/{rounds} aggregated" in line for line in lines)
+    assert any(f"round {rounds}/{rounds} checkpointed" in line for line in lines)
     # Record-level DP under the nodes' default policy: each ledger stayed in its node's directory,
     # still holds the head the run recorded and matches the run's config, c's killed rounds included.
     assert set(results["history"]["ledgers"]) == set(HOSPITALS)

@@ -18,6 +18,8 @@ from fedmeta.privacy.accounting import Mechanism, epsilon_of
 from fedmeta.privacy.ledger import COLUMNS, TRIGGERS, PrivacyLedger, row_hash
 from fedmeta.privacy.plan import plan_privacy
 
+from conftest import built_once
+
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 BASE = ['privacy.mode="record"', "privacy.noise_multiplier=1.0", "federation.rounds=4", 'privacy.accountant="rdp"']
 
@@ -37,12 +39,14 @@ def _caps() -> dict[str, float]:
 @pytest.fixture(scope="module")
 def capped_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     caps = _caps()
-    out = tmp_path_factory.mktemp("dp") / "run"
     table = "{" + ", ".join(f'"{h}" = {{max_epsilon = {c}}}' for h, c in caps.items()) + "}"
-    code = main(["simulate", CI, *sum([["--set", s] for s in BASE], []),
-                 "--set", f"privacy.hospitals={table}", "--out", str(out), "--quiet"])
-    assert code == 0
-    return out, caps
+
+    def build(root: Path) -> None:
+        code = main(["simulate", CI, *sum([["--set", s] for s in BASE], []),
+                     "--set", f"privacy.hospitals={table}", "--out", str(root / "run"), "--quiet"])
+        assert code == 0
+
+    return built_once(tmp_path_factory, "capped-run", build) / "run", caps
 
 
 def test_hospitals_stop_at_their_cap_and_the_run_ends_cleanly(capped_run):

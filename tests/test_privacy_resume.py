@@ -1,7 +1,7 @@
 """A private run's checkpoint keeps each hospital's reported (round, epsilon, ledger head): a run
 resumed on ledgers that were deleted, emptied, rolled back or rewritten is refused before anything
-starts, one that was not goes on; and in a simulation a hospital's own policy refuses a run that asks
-for less, which the server records as a missed round."""
+starts, one that was not goes on; and in a simulation a hospital's own policy refuses a run in
+another privacy mode, which the server records as a missed round."""
 
 from __future__ import annotations
 
@@ -19,18 +19,24 @@ from fedmeta.flower.server import SimulatedCrash
 from fedmeta.privacy.ledger import COLUMNS, TRIGGERS, PrivacyLedger, row_hash
 from fedmeta.simulation import simulate
 
+from conftest import built_once
+
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
-DP = ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'privacy.accountant="rdp"', "federation.rounds=3"]
+# hospital-05's own policy requires hospital-level DP: it refuses this record-level run.
+DP = ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'privacy.accountant="rdp"', "federation.rounds=3",
+      'privacy.hospitals={"hospital-05" = {mode = "client"}}']
 SETS = sum([["--set", s] for s in DP], [])
+TRAINING = [f"hospital-0{i}" for i in range(1, 5)]
 
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory) -> Path:
     """A private run killed after round 2 of 3: its checkpoint and its hospitals' ledgers."""
-    out = tmp_path_factory.mktemp("killed") / "run"
-    with pytest.raises(SimulatedCrash):
-        simulate(load_config(CI, DP), out, progress=False, _stop_after_round=2)
-    return out
+    def build(root: Path) -> None:
+        with pytest.raises(SimulatedCrash):
+            simulate(load_config(CI, DP), root / "run", progress=False, _stop_after_round=2)
+
+    return built_once(tmp_path_factory, "killed-private-run", build) / "run"
 
 
 def _sql(path: Path, script: str) -> None:
@@ -68,7 +74,7 @@ def test_resume_refuses_a_ledger_that_lost_the_recorded_spend(killed, tmp_path, 
     run = tmp_path / "run"
     shutil.copytree(killed, run)
     anchors = torch.load(run / "checkpoint.pt", weights_only=True)["history"]["ledgers"]
-    assert set(anchors) == {f"hospital-0{i}" for i in range(1, 6)} and anchors["hospital-03"]["rows"] == 2
+    assert set(anchors) == set(TRAINING) and anchors["hospital-03"]["rows"] == 2
     ledger = run / "ledgers" / "hospital-03.sqlite"
     for suffix in ("-wal", "-shm"):
         Path(f"{ledger}{suffix}").unlink(missing_ok=True)
@@ -95,14 +101,11 @@ def test_resume_on_intact_ledgers_continues_the_spend(killed, tmp_path):
     assert main(["audit", *ledgers, "--run", str(run), "--out", str(tmp_path / "audit")]) == 0
 
 
-def test_a_simulated_hospital_policy_refuses_a_non_private_run(tmp_path):
-    out = tmp_path / "run"
-    assert main(["simulate", CI, "--set", 'privacy.hospitals={"hospital-02" = {mode = "record"}}',
-                 "--out", str(out), "--quiet"]) == 0
-    res = json.loads((out / "results.json").read_text())
-    first, *later = res["history"]["rounds"]
-    assert first["missed"]["hospital-02"]["kind"] == "refused"
-    assert "requires record-level DP" in first["missed"]["hospital-02"]["reason"]
-    assert "hospital-02" not in first["train"] and len(first["train"]) == 4
-    assert all("hospital-02" not in r["sampled"] for r in later)  # not asked again in this run
-    assert not (out / "ledgers").exists()
+def test_a_simulated_hospital_policy_refuses_a_run_in_another_mode(killed):
+    rounds = torch.load(killed / "checkpoint.pt", weights_only=True)["history"]["rounds"]
+    first, second = rounds
+    assert first["missed"]["hospital-05"]["kind"] == "refused"
+    assert "requires client-level DP (privacy.hospitals.hospital-05)" in first["missed"]["hospital-05"]["reason"]
+    assert sorted(first["train"]) == TRAINING and sorted(second["train"]) == TRAINING
+    assert "hospital-05" not in second["sampled"]  # not asked again in this run
+    assert not (killed / "ledgers" / "hospital-05.sqlite").exists()  # it spent nothing

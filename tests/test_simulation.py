@@ -20,17 +20,20 @@ from fedmeta.flower.server import SimulatedCrash
 from fedmeta.output_dir import CLAIM
 from fedmeta.simulation import simulate
 
+from conftest import built_once
+
 ROOT = Path(__file__).resolve().parents[1]
 CI = str(ROOT / "configs" / "ci.toml")
 
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sim") / "run"
-    # 5 hospitals, one held out: 4 train for 3 rounds, all 5 are evaluated.
-    code = main(["simulate", CI, "--set", "data.held_out=['hospital-05']", "--out", str(out), "--quiet"])
-    assert code == 0
-    return out
+    def build(root: Path) -> None:
+        # 5 hospitals, one held out: 4 train for 3 rounds, all 5 are evaluated.
+        code = main(["simulate", CI, "--set", "data.held_out=['hospital-05']", "--out", str(root / "run"), "--quiet"])
+        assert code == 0
+
+    return built_once(tmp_path_factory, "simulated", build) / "run"
 
 
 def test_simulation_writes_every_output(simulated):

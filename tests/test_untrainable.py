@@ -1,21 +1,46 @@
-"""A run that starts but never changes the model (every update non-finite) ends with one error line
-and a non-zero exit, and writes no untrained model."""
+"""A run that starts but never changes the model (every update non-finite) ends with one error and
+writes no untrained model: the ServerApp with the real hospital ClientApps called in this process
+(no Ray, no SuperLink)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fedmeta.cli import main
+import pytest
+from flwr.app import Context, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmeta.errors import FedMetaError
+from fedmeta.flower.client import build_client_app
+from fedmeta.flower.server import UNTRAINED, build_server_app
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 
 
-def test_a_diverging_run_fails_instead_of_writing_an_untrained_model(tmp_path, capsys):
+class InProcessGrid:
+    def __init__(self, run_config: dict):
+        self.app = build_client_app()
+        self.contexts = {10 + i: Context(run_id=1, node_id=10 + i, state=RecordDict(), run_config=run_config,
+                                         node_config={"partition-id": i, "num-partitions": 5, "privacy-mode": "none"})
+                         for i in range(5)}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+
+
+def test_a_diverging_run_fails_instead_of_writing_an_untrained_model(tmp_path):
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     out = tmp_path / "run"
-    code = main(["simulate", CI, "--set", "meta.inner_lr=1e30", "--set", "meta.outer_lr=1e30",
-                 "--out", str(out), "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert err[-1].startswith("fedmeta: error: no round changed the model: nothing was trained")
-    assert "NaN or inf" in err[-1] and not any("Traceback" in line for line in err)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    run_config = {"config-file": CI, "overrides": "meta.inner_lr=1e30 meta.outer_lr=1e30", "out-dir": str(out)}
+    app = build_server_app(progress=False, expected_nodes=5)
+    with pytest.raises(FedMetaError) as err:
+        app(InProcessGrid(run_config), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                               run_config=run_config))
+    message = str(err.value)
+    assert message.startswith("no round changed the model: nothing was trained") and "NaN or inf" in message
+    assert "\n" not in message
+    assert (out / UNTRAINED).read_text().strip() == message
+    assert not (out / "results.json").exists() and not (out / "model.pt").exists()

@@ -218,7 +218,7 @@ class _Progress:
             r = _checkpoint_round(self.checkpoint)
             if r is not None and r > self.last_round:
                 now = time.monotonic()
-                self.announce(f"round {r}/{self.rounds} aggregated ({now - self.t_last:.1f}s since the last report)")
+                self.announce(f"round {r}/{self.rounds} checkpointed ({now - self.t_last:.1f}s since the last report)")
                 self.last_round, self.t_last = r, now
 
 
@@ -443,7 +443,11 @@ def deploy_local(cfg: ExperimentConfig, run_dir: Path, *, hospitals: list[str] |
     summary["stopped"] = not pm.alive_pids()
     summary["total_s"] = time.monotonic() - dep.t0
     if status != "finished:completed" or not (out / "results.json").is_file():
-        raise FedMetaError(f"run {run_id} ended {status}: no results; see {run_dir / 'logs' / 'serverapp.log'}")
+        from fedmeta.flower.server import UNTRAINED
+
+        untrained = out / UNTRAINED
+        why = untrained.read_text(encoding="utf-8").strip() if untrained.is_file() else "no results"
+        raise FedMetaError(f"run {run_id} ended {status}: {why}; see {run_dir / 'logs' / 'serverapp.log'}")
     results = json.loads((out / "results.json").read_text())
     summary["round_s"] = list(results.get("timings", {}).get("round_s", []))
     summary["results"] = str(out / "results.json")
