@@ -14,11 +14,12 @@ import pytest
 from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.data.sources import load_federation
-from fedmeta.privacy.accounting import Mechanism, epsilon_of
-from fedmeta.privacy.ledger import COLUMNS, TRIGGERS, PrivacyLedger, row_hash
+from fedmeta.privacy.accounting import epsilon_of
+from fedmeta.privacy.ledger import PrivacyLedger
 from fedmeta.privacy.plan import plan_privacy
 
 from conftest import built_once
+from ledger_tamper import tamper
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 BASE = ['privacy.mode="record"', "privacy.noise_multiplier=1.0", "federation.rounds=4", 'privacy.accountant="rdp"']
@@ -99,28 +100,6 @@ def _copy_ledger(out: Path, hospital: str, to: Path) -> Path:
     return to / f"{hospital}.sqlite"
 
 
-def _rewrite(path: Path, sql: str, *, recompute: bool) -> None:
-    """A tamperer's edit. ``recompute``: then make the ledger agree with itself again (every epsilon
-    recomputed with the accountant, every hash of the chain recomputed, the triggers put back)."""
-    db = sqlite3.connect(path)
-    db.executescript("DROP TRIGGER spend_no_update; DROP TRIGGER spend_no_delete;" + sql)
-    if recompute:
-        rows = [dict(zip(COLUMNS, r)) for r in db.execute(f"SELECT {', '.join(COLUMNS)} FROM spend ORDER BY id")]
-        prev = "0" * 64
-        for i, row in enumerate(rows):
-            row["epsilon"] = epsilon_of([Mechanism(r["sigma"], r["sample_rate"], r["steps"]) for r in rows[: i + 1]],
-                                        delta=row["delta"], accountant=row["accountant"])
-            row["prev_hash"] = prev
-            row["row_hash"] = prev = row_hash(row)
-            db.execute("UPDATE spend SET epsilon = ?, prev_hash = ?, row_hash = ? WHERE id = ?",
-                       (row["epsilon"], row["prev_hash"], row["row_hash"], row["id"]))
-        db.commit()
-        for trigger in TRIGGERS.values():
-            db.execute(trigger)
-    db.commit()
-    db.close()
-
-
 # Edits that leave a ledger agreeing with itself (recomputed epsilons and chain): only the run catches them.
 CONSISTENT_REWRITES = {
     "sigma x 3": "UPDATE spend SET sigma = sigma * 3;",
@@ -137,7 +116,7 @@ def test_audit_against_the_run_catches_a_consistent_rewrite(capped_run, tmp_path
     out, _ = capped_run
     ledger = _copy_ledger(out, "hospital-02", tmp_path / "ledgers")
     assert main(["audit", str(ledger), "--run", str(out), "--out", str(tmp_path / "before")]) == 0
-    _rewrite(ledger, CONSISTENT_REWRITES[edit], recompute=True)
+    tamper(ledger, CONSISTENT_REWRITES[edit], recompute_epsilon=True, rechain=True)
     assert main(["audit", str(ledger), "--out", str(tmp_path / "alone")]) == 0  # it agrees with itself ...
     assert main(["audit", str(ledger), "--run", str(out), "--out", str(tmp_path / "audit")]) == 1  # ... not the run
     assert "FAILED" in capsys.readouterr().out
@@ -145,11 +124,11 @@ def test_audit_against_the_run_catches_a_consistent_rewrite(capped_run, tmp_path
 
 # Edits the ledger alone betrays.
 BROKEN = {
-    "epsilon halved": ("UPDATE spend SET epsilon = epsilon * 0.5 WHERE id = 2;", False, "recomputed"),
-    "sigma x 3, nothing recomputed": ("UPDATE spend SET sigma = sigma * 3 WHERE id = 1;", False, "recorded epsilon"),
-    "a middle row deleted": ("DELETE FROM spend WHERE id = 1;", False, "not contiguous"),
-    "triggers dropped": ("", False, "trigger spend_no_update was dropped"),
-    "over its cap": ("UPDATE spend SET max_epsilon = epsilon / 2;", True, "over the cap"),
+    "epsilon halved": ("UPDATE spend SET epsilon = epsilon * 0.5 WHERE id = 2;", {}, "recomputed"),
+    "sigma x 3, nothing recomputed": ("UPDATE spend SET sigma = sigma * 3 WHERE id = 1;", {}, "recorded epsilon"),
+    "a middle row deleted": ("DELETE FROM spend WHERE id = 1;", {}, "not contiguous"),
+    "triggers dropped": ("", {"restore_triggers": False}, "trigger spend_no_update was dropped"),
+    "over its cap": ("UPDATE spend SET max_epsilon = epsilon / 2;", {"rechain": True}, "over the cap"),
 }
 
 
@@ -157,8 +136,8 @@ BROKEN = {
 def test_audit_fails_a_ledger_that_betrays_itself(capped_run, tmp_path, capsys, edit):
     out, _ = capped_run
     ledger = _copy_ledger(out, "hospital-02", tmp_path / "ledgers")
-    sql, recompute, fragment = BROKEN[edit]
-    _rewrite(ledger, sql, recompute=recompute)
+    sql, how, fragment = BROKEN[edit]
+    tamper(ledger, sql, **how)
     assert main(["audit", str(ledger), "--out", str(tmp_path / "audit")]) == 1
     assert fragment in capsys.readouterr().out
 
@@ -178,7 +157,7 @@ def test_a_malformed_row_is_one_line_and_its_own_exit_code(capped_run, tmp_path,
     out, _ = capped_run
     ledger = _copy_ledger(out, "hospital-02", tmp_path / "ledgers")
     sql, fragment = MALFORMED[edit]
-    _rewrite(ledger, sql, recompute=False)
+    tamper(ledger, sql)
     assert main(["audit", str(ledger), "--out", str(tmp_path / "audit")]) == 3
     text = capsys.readouterr()
     assert "Traceback" not in text.out + text.err and "MALFORMED" in text.out

@@ -12,9 +12,11 @@ import pytest
 from fedmeta.config import load_config
 from fedmeta.privacy.accounting import epsilon_of
 from fedmeta.privacy.budget import HospitalBudget
-from fedmeta.privacy.ledger import COLUMNS, TRIGGERS, LedgerError, PrivacyLedger, row_hash
+from fedmeta.privacy.ledger import LedgerError, PrivacyLedger
 from fedmeta.privacy.plan import plan_privacy
 from fedmeta.privacy.policy import negotiate, policy_from_node_config
+
+from ledger_tamper import tamper
 
 CI = Path(__file__).resolve().parents[1] / "configs" / "ci.toml"
 RECORD = ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'privacy.accountant="rdp"']
@@ -24,29 +26,6 @@ def _budget(path: Path, *extra: str, n_train: int = 100) -> HospitalBudget:
     cfg = load_config(CI, [*RECORD, *extra])
     return HospitalBudget(plan_privacy(cfg, hospital="hospital-01", n_train=n_train), hospital="hospital-01",
                           algorithm="maml", ledger_path=path)
-
-
-def _sql(path: Path, script: str) -> None:
-    db = sqlite3.connect(path)
-    db.executescript(script)
-    db.close()
-
-
-def _rechain(path: Path) -> None:
-    """What a careful tamperer does after editing rows: recompute every hash, triggers back in place."""
-    db = sqlite3.connect(path)
-    db.executescript("DROP TRIGGER IF EXISTS spend_no_update; DROP TRIGGER IF EXISTS spend_no_delete;")
-    prev = "0" * 64
-    for row in db.execute(f"SELECT {', '.join(COLUMNS)} FROM spend ORDER BY id").fetchall():
-        values = dict(zip(COLUMNS, row), prev_hash=prev)
-        values["row_hash"] = row_hash(values)
-        db.execute("UPDATE spend SET prev_hash = ?, row_hash = ? WHERE id = ?", (prev, values["row_hash"], row[0]))
-        prev = values["row_hash"]
-    db.commit()
-    for sql in TRIGGERS.values():
-        db.execute(sql)
-    db.commit()
-    db.close()
 
 
 def test_rows_cannot_be_changed_or_removed(tmp_path):
@@ -100,19 +79,15 @@ def test_a_ledger_that_lost_what_the_run_recorded_is_refused(tmp_path, attack):
     anchor = (second.rows, second.head)
     edits = {
         "delete": lambda: path.unlink(),
-        "empty": lambda: _sql(path, "DROP TRIGGER spend_no_delete; DELETE FROM spend;" + TRIGGERS["spend_no_delete"]
-                              + ";"),
+        "empty": lambda: tamper(path, "DELETE FROM spend;"),
         "roll back": lambda: shutil.copy(backup, path),
-        "rewrite": lambda: _sql(path, "DROP TRIGGER spend_no_update; UPDATE spend SET sigma = sigma * 3;"
-                                + TRIGGERS["spend_no_update"] + ";"),
-        "rewrite and rechain": lambda: (_sql(path, "DROP TRIGGER spend_no_update; UPDATE spend SET sigma = sigma * 3;"),
-                                        _rechain(path)),
-        "drop a row and rechain": lambda: (_sql(path, "DROP TRIGGER spend_no_delete; DELETE FROM spend WHERE id = 1;"
-                                                "DROP TRIGGER spend_no_update; UPDATE spend SET id = 1;"),
-                                           _rechain(path)),
-        "raise the cap and rechain": lambda: (_sql(path, "DROP TRIGGER spend_no_update; "
-                                                   "UPDATE spend SET max_epsilon = 1e9;"), _rechain(path)),
-        "drop the triggers": lambda: _sql(path, "DROP TRIGGER spend_no_update;"),
+        "rewrite": lambda: tamper(path, "UPDATE spend SET sigma = sigma * 3;"),
+        "rewrite and rechain": lambda: tamper(path, "UPDATE spend SET sigma = sigma * 3;", recompute_epsilon=True,
+                                              rechain=True),
+        "drop a row and rechain": lambda: tamper(path, "DELETE FROM spend WHERE id = 1; UPDATE spend SET id = 1;",
+                                                 recompute_epsilon=True, rechain=True),
+        "raise the cap and rechain": lambda: tamper(path, "UPDATE spend SET max_epsilon = 1e9;", rechain=True),
+        "drop the triggers": lambda: tamper(path, "", restore_triggers=False),
     }
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -126,7 +101,7 @@ def test_a_broken_chain_is_refused_even_without_an_anchor(tmp_path):
     path = tmp_path / "h.sqlite"
     budget = _budget(path)
     budget.spend(run_id="r", round=1)
-    _sql(path, "DROP TRIGGER spend_no_update; UPDATE spend SET sigma = sigma * 3;" + TRIGGERS["spend_no_update"] + ";")
+    tamper(path, "UPDATE spend SET sigma = sigma * 3;")
     with pytest.raises(LedgerError, match="does not match its hash"):
         budget.spend(run_id="r", round=2)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,11 @@ import torch
 from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.flower.server import SimulatedCrash
-from fedmeta.privacy.ledger import COLUMNS, TRIGGERS, PrivacyLedger, row_hash
+from fedmeta.privacy.ledger import PrivacyLedger
 from fedmeta.simulation import simulate
 
 from conftest import built_once
+from ledger_tamper import tamper
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 # hospital-05's own policy requires hospital-level DP: it refuses this record-level run.
@@ -39,38 +39,17 @@ def killed(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "killed-private-run", build) / "run"
 
 
-def _sql(path: Path, script: str) -> None:
-    db = sqlite3.connect(path)
-    db.executescript(script)
-    db.close()
-
-
-def _rewrite_and_rechain(path: Path) -> None:
-    _sql(path, "DROP TRIGGER spend_no_update; UPDATE spend SET sigma = sigma * 3;")
-    db = sqlite3.connect(path)
-    prev = "0" * 64
-    for row in db.execute(f"SELECT {', '.join(COLUMNS)} FROM spend ORDER BY id").fetchall():
-        values = dict(zip(COLUMNS, row), prev_hash=prev)
-        prev = row_hash(values)
-        db.execute("UPDATE spend SET prev_hash = ?, row_hash = ? WHERE id = ?", (values["prev_hash"], prev, row[0]))
-    db.commit()
-    db.execute(TRIGGERS["spend_no_update"])
-    db.commit()
-    db.close()
-
-
 TAMPER = {
     "deleted": (lambda p: p.unlink(), "is missing"),
-    "emptied": (lambda p: _sql(p, "DROP TRIGGER spend_no_delete; DELETE FROM spend;" + TRIGGERS["spend_no_delete"]
-                               + ";"), "deleted, emptied or rolled back"),
-    "rolled back": (lambda p: _sql(p, "DROP TRIGGER spend_no_delete; DELETE FROM spend WHERE id = 2;"
-                                   + TRIGGERS["spend_no_delete"] + ";"), "deleted, emptied or rolled back"),
-    "rewritten": (_rewrite_and_rechain, "rewritten or replaced"),
+    "emptied": (lambda p: tamper(p, "DELETE FROM spend;"), "deleted, emptied or rolled back"),
+    "rolled back": (lambda p: tamper(p, "DELETE FROM spend WHERE id = 2;"), "deleted, emptied or rolled back"),
+    "rewritten": (lambda p: tamper(p, "UPDATE spend SET sigma = sigma * 3;", recompute_epsilon=True, rechain=True),
+                  "rewritten or replaced"),
 }
 
 
-@pytest.mark.parametrize("tamper", list(TAMPER))
-def test_resume_refuses_a_ledger_that_lost_the_recorded_spend(killed, tmp_path, capsys, tamper):
+@pytest.mark.parametrize("edit", list(TAMPER))
+def test_resume_refuses_a_ledger_that_lost_the_recorded_spend(killed, tmp_path, capsys, edit):
     run = tmp_path / "run"
     shutil.copytree(killed, run)
     anchors = torch.load(run / "checkpoint.pt", weights_only=True)["history"]["ledgers"]
@@ -78,8 +57,8 @@ def test_resume_refuses_a_ledger_that_lost_the_recorded_spend(killed, tmp_path, 
     ledger = run / "ledgers" / "hospital-03.sqlite"
     for suffix in ("-wal", "-shm"):
         Path(f"{ledger}{suffix}").unlink(missing_ok=True)
-    edit, fragment = TAMPER[tamper]
-    edit(ledger)
+    change, fragment = TAMPER[edit]
+    change(ledger)
     before = ledger.read_bytes() if ledger.exists() else b""
     assert main(["simulate", CI, *SETS, "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
