@@ -140,6 +140,11 @@ class LocalConfig(_Section):
     batch_size: int = Field(32, ge=1)
 
 
+# Below MIN_SIGMA epsilon is in the hundreds and Opacus' PRV accountant runs out of memory; past
+# MAX_SIGMA its arithmetic overflows. Neither is a privacy setting anyone means.
+MIN_SIGMA, MAX_SIGMA, MAX_TARGET_EPSILON = 0.3, 1e4, 100.0
+
+
 class HospitalPrivacyConfig(_Section):
     """One hospital's own privacy policy in a simulation (a deployed hospital sets the same in its
     node config: docs/privacy.md). The hospital trains the stricter of its policy and the run."""
@@ -150,7 +155,7 @@ class HospitalPrivacyConfig(_Section):
     max_epsilon: float = Field(float("inf"), gt=0, description="its cap over all runs in its ledger")
     delta: float | None = Field(None, gt=0, lt=1, description="the largest delta it accepts")
     accountant: Literal["prv", "rdp"] | None = Field(None, description="its accountant (unset: the run's)")
-    min_noise_multiplier: float = Field(0.0, ge=0, description="the least sigma it accepts")
+    min_noise_multiplier: float = Field(0.0, ge=0, le=MAX_SIGMA, description="the least sigma it accepts")
 
 
 class PrivacyConfig(_Section):
@@ -164,8 +169,9 @@ class PrivacyConfig(_Section):
     """
 
     mode: Literal["none", "record", "client"] = "none"
-    noise_multiplier: float = Field(0.0, ge=0, description="sigma; 0 = calibrate from target_epsilon")
-    target_epsilon: float = Field(0.0, ge=0, description="epsilon after all planned rounds")
+    noise_multiplier: float = Field(0.0, ge=0, description="sigma; 0 = calibrate from target_epsilon; else "
+                                    f"{MIN_SIGMA:g} to {MAX_SIGMA:g}")
+    target_epsilon: float = Field(0.0, ge=0, le=MAX_TARGET_EPSILON, description="epsilon after all planned rounds")
     delta: float = Field(0.0, ge=0, lt=1, description="0 = min(1e-5, 0.1 / n_train) (record mode), 1e-5 (client); "
                          "at most 1 / n_train (record) or 1 / hospitals (client)")
     max_grad_norm: float = Field(1.0, gt=0, description="clipping norm C")
@@ -182,6 +188,9 @@ class PrivacyConfig(_Section):
     def _noise_or_target(self) -> "PrivacyConfig":
         if self.mode != "none" and (self.noise_multiplier > 0) == (self.target_epsilon > 0):
             raise ValueError("set exactly one of noise_multiplier and target_epsilon (> 0)")
+        if self.noise_multiplier and not MIN_SIGMA <= self.noise_multiplier <= MAX_SIGMA:
+            raise ValueError(f"noise_multiplier must be 0 or between {MIN_SIGMA:g} and {MAX_SIGMA:g} "
+                             f"(got {self.noise_multiplier:g})")
         return self
 
 

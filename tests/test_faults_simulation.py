@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedmeta.config import load_config
-from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT
+from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT, LEDGER_INVALID, POLICY_REFUSED
 from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model
 from fedmeta.simulation import simulate
@@ -76,7 +76,7 @@ ALLOWED = {
     "evaluate": {"metrics": ("metrics", {"num-examples", "auc", "accuracy", "auc-unadapted", "held-out",
                                          "server-round"})},
 }
-ERROR_CODES = {BAD_ARRAYS, HELD_OUT, BUDGET_EXHAUSTED, EVAL_FAILED}
+ERROR_CODES = {BAD_ARRAYS, HELD_OUT, BUDGET_EXHAUSTED, EVAL_FAILED, POLICY_REFUSED, LEDGER_INVALID}
 
 
 def test_every_reply_holds_only_model_shaped_arrays_and_scalar_metrics(faulty_run):

@@ -149,6 +149,8 @@ MALFORMED = {
     "unknown accountant": ("UPDATE spend SET accountant = 'gdp2' WHERE id = 1;", "unknown accountant"),
     "text in a number column": ("UPDATE spend SET sigma = 'lots' WHERE id = 1;", "sigma is 'lots', not a number"),
     "text in an integer column": ("UPDATE spend SET steps = 'x' WHERE id = 1;", "steps is 'x', not an integer"),
+    "sigma that overflows": ("UPDATE spend SET sigma = 1e300 WHERE id = 1;", "its epsilon cannot be recomputed"),
+    "sigma that underflows": ("UPDATE spend SET sigma = 1e-300 WHERE id = 1;", "its epsilon cannot be recomputed"),
 }
 
 
@@ -162,3 +164,22 @@ def test_a_malformed_row_is_one_line_and_its_own_exit_code(capped_run, tmp_path,
     text = capsys.readouterr()
     assert "Traceback" not in text.out + text.err and "MALFORMED" in text.out
     assert f"row 1: {fragment}" in text.out
+
+
+@pytest.mark.parametrize("edit", ["rows", "anchor", "n"])
+def test_a_run_record_that_is_not_one_is_refused_in_one_line(capped_run, tmp_path, capsys, edit):
+    out, _ = capped_run
+    res = json.loads((out / "results.json").read_text())
+    if edit == "rows":
+        res["history"]["ledgers"]["hospital-02"]["rows"] = "two"
+    elif edit == "anchor":
+        res["history"]["ledgers"]["hospital-02"] = ["rows", 2]
+    else:
+        res["history"]["rounds"][0]["train"]["hospital-02"]["num-examples"] = 0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(res))
+    ledger = out / "ledgers" / "hospital-02.sqlite"
+    assert main(["audit", str(ledger), "--run", str(run), "--out", str(tmp_path / "audit")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fedmeta: error: --run {run}: not a readable fedmeta run") and "\n" not in err

@@ -39,10 +39,12 @@ def test_hospital_noise_std_is_sigma_s():
     assert float(out["w"].std()) == pytest.approx(0.8 * 2.0, rel=0.01)
 
 
-def test_one_release_per_round_at_the_participation_rate():
+def test_one_release_per_round_taken_part_in_without_amplification():
+    # The server samples a fixed number of hospitals from a seed it knows: not the Poisson sampling
+    # that amplification needs, so a round taken part in counts at rate 1 whatever fraction_train says.
     cfg = load_config(CI, ['privacy.mode="client"', "privacy.noise_multiplier=1.0", "federation.fraction_train=0.6"])
     plan = plan_privacy(cfg, hospital="hospital-01", n_train=100)
-    assert (plan.releases, plan.delta) == ((Release(CLIENT_MECHANISM, 0.6, 1),), 1e-5)
+    assert (plan.releases, plan.delta) == ((Release(CLIENT_MECHANISM, 1.0, 1),), 1e-5)
 
 
 def test_client_level_dp_end_to_end(tmp_path):

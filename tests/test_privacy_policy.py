@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import load_config
+from fedmeta.errors import FedMetaError
 from fedmeta.flower.client import build_client_app
 from fedmeta.flower.records import params_to_record
 from fedmeta.flower.reply_codes import POLICY_REFUSED
@@ -79,7 +80,13 @@ def test_what_the_node_accepts_it_trains_with_the_stricter_settings(app, tmp_pat
     rows = PrivacyLedger.read_only(tmp_path / "ledger.sqlite")
     assert len(rows) == 1 and rows[0].max_epsilon == 50.0 and rows[0].accountant == "prv" and rows[0].sigma == 1.0
     assert reply.content["metrics"]["epsilon"] == rows[0].epsilon
+    # What leaves: the noised update, scalars that do not depend on the records (no loss, no training
+    # time: a record drawn again would lengthen it) and where the spend was recorded.
+    assert set(reply.content.keys()) == {"arrays", "metrics", "ledger"}
+    assert set(reply.content["metrics"]) == {"num-examples", "episodes", "on-gpu", "epsilon", "delta",
+                                             "noise-multiplier"}
     ledger = reply.content["ledger"]
+    assert set(ledger) == {"rows", "head", "run-id", "accountant"}
     assert ledger["rows"] == 1 and ledger["head"] == rows[0].row_hash
     assert not (tmp_path / "coordinator").exists()  # the ledger stayed where the node put it
 
@@ -119,3 +126,29 @@ def test_the_coordinator_cannot_replay_a_deployed_node_noise_from_the_seed(app, 
                       run_config={})
         same.append(simulated(msg, ctx).content["arrays"].to_torch_state_dict())
     assert all(torch.equal(same[0][k], same[1][k]) for k in same[0])
+
+
+def test_a_deployed_node_sends_no_detail_of_its_data_in_an_error(app, tmp_path):
+    """The run config chooses the label column: a wrong one must not carry a patient's value back."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hospital-01.csv").write_text("age,label\n" + "".join(f"{53 + i},{i % 2}\n" for i in range(40)))
+    msg = Message(RecordDict({"arrays": params_to_record({}), "config": ConfigRecord({"server-round": 1})}),
+                  dst_node_id=7, message_type=MessageType.QUERY)
+    run_config = {"config-file": str(CI), "overrides": 'data.source="csv" data.label="age"',
+                  "data-dir": str(data)}
+    node_config = {"hospital": "hospital-01", "data-dir": str(data)}
+    with pytest.raises(FedMetaError) as err:  # Flower turns it into an error reply with this text
+        app(msg, Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config))
+    assert "53" not in str(err.value) and "age" not in str(err.value) and "not sent" in str(err.value)
+    # The coordinator's data.dir is never read by a deployed node: only its node config's.
+    node_config = {"hospital": "hospital-01"}
+    with pytest.raises(FedMetaError) as err:
+        app(msg, Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(),
+                         run_config={**run_config, "overrides": 'data.source="csv"'}))
+    assert str(data) not in str(err.value)
+
+
+def test_a_deployed_node_refuses_audit_canaries(app, tmp_path):
+    reply = _train(app, tmp_path, f"{DP} audit.canaries=10 audit.hospital='hospital-01'")
+    assert reply.has_error() and reply.error.code == POLICY_REFUSED and "canaries" in reply.error.reason

@@ -61,14 +61,29 @@ def _node_partition(node_config: dict) -> int | None:
         raise FedMetaError(f"node config partition-id: expected an integer, got {value!r}") from None
 
 
+def _load_own(cfg: ExperimentConfig, name: str, node: dict, deployed: bool) -> tuple[Hospital, int, int]:
+    """A named node's own hospital. Deployed, its data directory is the node config's alone, and a
+    failure is reported without its detail: the message would carry the hospital's data (a cell,
+    class counts, file names) to the coordinator, whose run config chose the data settings."""
+    data_dir = str(node.get("data-dir", "") or "")
+    if not deployed:
+        return load_hospital(cfg, name, data_dir, _node_partition(node))
+    try:
+        return load_hospital(cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": ""})}), name,
+                             data_dir, _node_partition(node))
+    except Exception as err:  # noqa: BLE001 - whatever it was, its text stays on the node
+        log.error("hospital %s: cannot load its data: %s", name, err)
+        raise FedMetaError(f"hospital {name}: cannot load its data with this run's data settings "
+                           "(the reason is in the node's log; it is not sent)") from None
+
+
 def _site(cfg: ExperimentConfig, context: Context, deployed: bool) -> _Site:
     """This node's hospital. Deployment: node config ``hospital`` (+ ``data-dir`` for csv / uci-heart)
     loads that hospital alone; simulation: ``partition-id`` indexes the whole federation."""
     node = context.node_config
     name = node.get("hospital")
     if name:
-        own = load_hospital(cfg, str(name), str(node.get("data-dir", "") or ""), _node_partition(node))
-        hospital, n_features, index = own
+        hospital, n_features, index = _load_own(cfg, str(name), node, deployed)
     else:
         fed = load_federation(cfg)
         index = int(node["partition-id"])
@@ -143,6 +158,8 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         name = site.hospital.name
         t0 = time.perf_counter()
         try:
+            if site.deployed and cfg.audit.canaries:
+                raise PolicyRefusal(f"hospital {name} is deployed: audit canaries are for simulated audits only")
             plan = negotiate(site.policy(context.node_config), cfg, hospital=name, n_train=site.hospital.n_train)
             outcome = train_hospital_round(
                 cfg, site.hospital, site.index, model, params, plan=plan, server_round=server_round,
@@ -162,10 +179,10 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
                  seconds)
         metrics = MetricRecord({
             "num-examples": site.hospital.n_train,
-            # The loss on private records is not noised: under DP it stays at the hospital.
-            **({} if privacy else {"train-loss": result.train_loss}),
+            # The loss on private records is not noised, and the training time depends on them (a
+            # record with a non-finite gradient is drawn again): under DP both stay at the hospital.
+            **({} if privacy else {"train-loss": result.train_loss, "train-seconds": seconds}),
             "episodes": result.episodes,
-            "train-seconds": seconds,
             "on-gpu": int(site.device.type == "cuda"),
             **privacy,
         })

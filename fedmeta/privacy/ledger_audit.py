@@ -127,7 +127,12 @@ def audit_ledger(path: str | Path, run: RunRecord | None = None) -> LedgerReport
     if len(hospitals) > 1:
         report.problems.append(f"rows of several hospitals in one ledger: {hospitals}")
     for i, row in enumerate(rows):
-        recomputed = epsilon_of([r.as_mechanism for r in rows[: i + 1]], delta=row.delta, accountant=row.accountant)
+        try:
+            recomputed = epsilon_of([r.as_mechanism for r in rows[: i + 1]], delta=row.delta,
+                                    accountant=row.accountant)
+        except (ArithmeticError, ValueError, MemoryError) as err:  # sigma or q no accountant can take
+            report.malformed = f"row {row.id}: its epsilon cannot be recomputed ({type(err).__name__}: {err})"
+            return report
         report.recomputed.append(recomputed)
         if not math.isclose(recomputed, row.epsilon, rel_tol=REL_TOL, abs_tol=1e-12):
             report.problems.append(f"row {row.id} (run {row.run_id}, round {row.round}): recorded epsilon "
@@ -202,7 +207,13 @@ def load_run_record(run_dir: str | Path) -> RunRecord:
         for rnd in history["rounds"]:
             for h, m in rnd["train"].items():
                 n_train[h] = int(m["num-examples"])
-        return RunRecord(run_dir, config_from_json(config), dict(history.get("ledgers", {})), n_train)
+                if n_train[h] < 1:
+                    raise ValueError(f"hospital {h} reported {n_train[h]} train records")
+        ledgers = {str(h): dict(a) for h, a in history.get("ledgers", {}).items()}
+        for h, a in ledgers.items():
+            a["rows"], a["head"] = int(a["rows"]), str(a["head"])
+            a["run_ids"] = [str(i) for i in a.get("run_ids", [])]
+        return RunRecord(run_dir, config_from_json(config), ledgers, n_train)
     except FedMetaError:
         raise
     except Exception as err:  # a truncated or foreign file

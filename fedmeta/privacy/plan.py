@@ -120,14 +120,15 @@ def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int) -> Priva
     """The plan of ``hospital`` for ``privacy.mode``, as the run config asks (``fedmeta.privacy.policy``
     makes it the stricter of this and the hospital's own policy).
 
-    ``client``: one release a round, the hospital sampled at the participation rate
-    ``federation.fraction_train``. Raises ``FedMetaError`` for a delta above ``1 / n_train`` (record
+    ``client``: one release a round in which the hospital takes part, accounted at sampling rate 1:
+    the server's choice of hospitals is neither Poisson nor secret (a seeded draw of a fixed number),
+    so no amplification by subsampling is claimed. Raises ``FedMetaError`` for a delta above ``1 / n_train`` (record
     mode: a mechanism that may publish a whole record) or a target epsilon no noise reaches.
     """
     p, meta = cfg.privacy, cfg.meta
     episode_records = 2 * meta.shots + meta.query
     if p.mode == "client":
-        releases, delta = (Release(CLIENT_MECHANISM, cfg.federation.fraction_train, 1),), p.delta or CLIENT_DELTA
+        releases, delta = (Release(CLIENT_MECHANISM, 1.0, 1),), p.delta or CLIENT_DELTA
     else:
         releases, delta = _record_releases(cfg, n_train), p.delta or default_delta(n_train)
         if delta > 1.0 / n_train:
