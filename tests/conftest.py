@@ -4,6 +4,8 @@ one at a time, so no two Ray instances or two deployments ever share the machine
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,13 +33,18 @@ def manager():
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
-    """A directory ``build`` fills once per session. pytest-xdist hands a worker its tests in chunks
-    and tears every fixture down at the end of a chunk, so a module fixture that runs a whole
-    federation may run again; its result is kept in the session's base temp instead."""
-    out = tmp_path_factory.getbasetemp() / f"built-once-{name}"
-    if not (out / ".built").exists():
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        build(out)
-        (out / ".built").touch()
+    """A directory ``build`` fills once per test session, shared by the xdist workers: a module's
+    tests may be spread over both workers, and a worker tears its fixtures down between the chunks
+    of tests it is handed, so a module fixture that runs a whole federation would run again. The
+    first worker to ask builds it under a lock; the others wait and reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = root / f"built-once-{name}"
+    with open(root / f"built-once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / ".built").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            (out / ".built").touch()
     return out
