@@ -1,6 +1,7 @@
 """Two lanes (pytest-xdist, ``--dist loadgroup``): the deployment tests, which mostly wait on
-Flower's polling and heartbeats, run beside the rest instead of after it. Within a lane tests run
-one at a time, so no two Ray instances or two deployments ever share the machine's cores."""
+Flower's polling and heartbeats, are meant to run beside the rest instead of after it, and within a
+lane one at a time. pytest-xdist 3.8 marks a group by rewriting ``item._nodeid``, which pytest 9 no
+longer reads, so with pytest 9 the groups are ignored and tests spread over both workers."""
 
 from __future__ import annotations
 
