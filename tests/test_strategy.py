@@ -148,3 +148,45 @@ def test_malformed_evaluation_replies_are_dropped(tmp_path):
                                           ev(33, {**good, "auc": float("nan")})])
     assert set(strategy.history.round(1).eval) == {"hospital-a"}
     assert agg["mean-auc"] == pytest.approx(0.8)
+
+
+def _private(node: int, rows: int, epsilon: float, head: str) -> Message:
+    sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    return Message(RecordDict({
+        "arrays": params_to_record(_upd(0.1)),
+        "metrics": MetricRecord({"num-examples": 10.0, "epsilon": epsilon, "delta": 1e-5, "noise-multiplier": 1.0}),
+        "ledger": ConfigRecord({"rows": rows, "head": head, "run-id": "7", "accountant": "prv"})}), reply_to=sent)
+
+
+def test_the_server_sends_back_each_ledger_head_and_drops_a_ledger_that_went_back(tmp_path):
+    strategy = _strategy(tmp_path, optimizer="sgd", lr=1.0)
+    strategy.aggregate_train(1, [_private(11, 1, 0.5, "a1"), _private(22, 1, 0.5, "b1")])
+    assert strategy.history.ledgers["hospital-a"] == {
+        "round": 1, "epsilon": 0.5, "delta": 1e-5, "sigma": 1.0, "accountant": "prv", "rows": 1, "head": "a1",
+        "run_ids": ["7"]}
+    sent = {m.metadata.dst_node_id: m.content["config"] for m in
+            strategy.configure_train(2, params_to_record(PARAMS), ConfigRecord(), None)}
+    assert (sent[11]["ledger-rows"], sent[11]["ledger-head"]) == (1, "a1")
+    assert (sent[22]["ledger-rows"], sent[22]["ledger-head"]) == (1, "b1")
+    assert (sent[33]["ledger-rows"], sent[33]["ledger-head"]) == (0, "")  # nothing recorded yet
+    # hospital-a reports a ledger that grew; hospital-b one that is back at its first row (reset).
+    strategy.aggregate_train(2, [_private(11, 2, 0.8, "a2"), _private(22, 1, 0.3, "b0")])
+    missed = strategy.history.round(2).missed
+    assert missed["hospital-b"]["kind"] == "dropped" and "its ledger went back" in missed["hospital-b"]["reason"]
+    assert strategy.history.ledgers["hospital-b"]["head"] == "b1" and strategy.history.ledgers["hospital-a"]["rows"] == 2
+
+
+def test_a_policy_or_ledger_refusal_is_a_missed_round_and_not_asked_again(tmp_path):
+    from fedmeta.flower.reply_codes import LEDGER_INVALID, POLICY_REFUSED
+
+    strategy = _strategy(tmp_path, optimizer="sgd", lr=1.0)
+    sent = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.TRAIN) for n in (11, 22)]
+    strategy._sent = sent
+    replies = [Message(Error(code=POLICY_REFUSED, reason="hospital hospital-a requires record-level DP"),
+                       reply_to=sent[0]),
+               Message(Error(code=LEDGER_INVALID, reason="hospital hospital-b's ledger: rewritten"), reply_to=sent[1])]
+    strategy.aggregate_train(1, replies)
+    missed = strategy.history.round(1).missed
+    assert {h: m["kind"] for h, m in missed.items()} == {"hospital-a": "refused", "hospital-b": "refused"}
+    msgs = list(strategy.configure_train(2, params_to_record(PARAMS), ConfigRecord(), None))
+    assert [m.metadata.dst_node_id for m in msgs] == [33]
