@@ -180,25 +180,6 @@ def _deploy_register(args: argparse.Namespace) -> None:
         print(f"registered {key} as node {node_id}")
 
 
-def _node_policy(args: argparse.Namespace) -> dict[str, str | float]:
-    """Every node's privacy policy from ``--node-policy KEY=VALUE`` and ``--max-epsilon``, checked."""
-    from fedmeta.privacy.policy import NODE_POLICY_KEYS, policy_from_node_config
-
-    policy: dict[str, str | float] = {}
-    for item in args.node_policy or []:
-        key, sep, value = item.partition("=")
-        if not sep or key not in NODE_POLICY_KEYS:
-            raise FedMetaError(f"--node-policy {item!r}: expected KEY=VALUE with KEY one of {', '.join(NODE_POLICY_KEYS)}")
-        policy[key] = value
-    if args.max_epsilon is not None:
-        policy["max-epsilon"] = args.max_epsilon
-    try:
-        policy_from_node_config(policy)
-    except FedMetaError as err:
-        raise FedMetaError(f"--node-policy: {err}") from None
-    return {k: (float(v) if k in ("max-epsilon", "delta", "min-noise-multiplier") else v) for k, v in policy.items()}
-
-
 def _deploy_local(args: argparse.Namespace) -> None:
     import signal
 
@@ -214,7 +195,9 @@ def _deploy_local(args: argparse.Namespace) -> None:
     from fedmeta.privacy.preflight import check_run
 
     check_run(cfg, load_federation(cfg))
-    node_policy = _node_policy(args)
+    from fedmeta.privacy.policy import node_policy_from_items
+
+    node_policy = node_policy_from_items(args.node_policy or [], args.max_epsilon)
 
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # stop the processes we started, as on Ctrl-C

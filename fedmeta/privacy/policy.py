@@ -22,7 +22,7 @@ from fedmeta.privacy.client_dp import CLIENT_DELTA
 from fedmeta.privacy.plan import PrivacyPlan, plan_privacy
 
 __all__ = ["HospitalPolicy", "PolicyRefusal", "NODE_POLICY_KEYS", "DEFAULT_NODE_MAX_EPSILON",
-           "policy_from_config", "policy_from_node_config", "negotiate"]
+           "policy_from_config", "policy_from_node_config", "node_policy_from_items", "negotiate"]
 
 MODES = ("record", "client", "none")
 DEFAULT_NODE_MAX_EPSILON = 10.0
@@ -87,6 +87,24 @@ def policy_from_node_config(node_config: Mapping[str, object]) -> HospitalPolicy
         max_delta=delta, default_delta_bound=delta is None, accountant=accountant,
         min_noise_multiplier=_number(node_config, "min-noise-multiplier", 0.0, positive=False),
         secure_randomness=True, source="node config")
+
+
+def node_policy_from_items(items: list[str], max_epsilon: float | None = None) -> dict[str, str | float]:
+    """Node config keys from ``KEY=VALUE`` items (``deploy-local --node-policy``), checked."""
+    policy: dict[str, str | float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in NODE_POLICY_KEYS:
+            raise FedMetaError(f"--node-policy {item!r}: expected KEY=VALUE with KEY one of {', '.join(NODE_POLICY_KEYS)}")
+        policy[key] = value
+    if max_epsilon is not None:
+        policy["max-epsilon"] = max_epsilon
+    try:
+        policy_from_node_config(policy)
+    except FedMetaError as err:
+        raise FedMetaError(f"--node-policy: {err}") from None
+    numeric = ("max-epsilon", "delta", "min-noise-multiplier")
+    return {k: float(v) if k in numeric else v for k, v in policy.items()}
 
 
 def negotiate(policy: HospitalPolicy, cfg: ExperimentConfig, *, hospital: str, n_train: int) -> PrivacyPlan | None:
