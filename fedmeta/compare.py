@@ -18,6 +18,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.data.sources import load_federation
 from fedmeta.errors import FedMetaError
 from fedmeta.local_baseline import run_local_baseline
+from fedmeta.paired import paired_table
 
 __all__ = ["COMPARED", "run_comparison", "comparison_markdown"]
 
@@ -91,6 +92,8 @@ def run_comparison(
         for key in ("mean_auc", "worst_auc", "mean_accuracy"):
             vals = [x[key] for x in s]
             table[algo][key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
+    for algo, paired in paired_table(table).items():
+        table[algo]["paired"] = paired
     result = {
         "mode": "leave-one-hospital-out" if cfg.data.leave_one_out else
                 ("unseen hospitals" if cfg.data.held_out else "personalisation"),
@@ -101,6 +104,12 @@ def run_comparison(
     (out_dir / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out_dir / "comparison.md").write_text(comparison_markdown(result), encoding="utf-8")
     return result
+
+
+def _interval(d: dict[str, Any]) -> str:
+    if d["seeds"] < 2:
+        return f"{d['mean']:+.3f} (one seed: no interval)"
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:
@@ -115,6 +124,14 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     for name, row in algos.items():
         cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("mean_auc", "worst_auc", "mean_accuracy")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    paired = {name: row["paired"] for name, row in algos.items() if "paired" in row}
+    if paired:
+        reference = next(iter(paired.values()))["reference"]
+        lines += ["", f"Difference to {reference}, paired by seed (mean [95% interval over seeds]; an interval "
+                  "that excludes 0 is a difference these seeds support):", "",
+                  "| algorithm | Δ mean AUC | Δ worst-site AUC |", "|---|---|---|"]
+        for name, p in paired.items():
+            lines.append(f"| {name} | " + " | ".join(_interval(p[m]) for m in ("mean_auc", "worst_auc")) + " |")
     missing = [f"{name} seed {seed}: {', '.join(s['missing'])}" for name, row in algos.items()
                for seed, s in row["seeds"].items() if s.get("missing")]
     if missing:

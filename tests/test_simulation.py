@@ -131,7 +131,10 @@ def test_compare_runs_algorithms_and_seeds_on_the_same_federation(tmp_path):
         for seed in algo["seeds"].values():
             assert len(seed["hospitals"]) == 5
             assert seed["worst_auc"] == min(h["auc"] for h in seed["hospitals"].values())
-    assert (out / "comparison.md").read_text().count("| fedmeta-fomaml |") == 2
+    paired = result["algorithms"]["fedmeta-fomaml"]["paired"]  # no fedavg here: paired with the first
+    assert paired["reference"] == "local" and paired["mean_auc"]["seeds"] == 2
+    assert paired["mean_auc"]["low"] <= paired["mean_auc"]["mean"] <= paired["mean_auc"]["high"]
+    assert (out / "comparison.md").read_text().count("| fedmeta-fomaml |") == 3
     assert (out / "runs" / "fedmeta-fomaml" / "seed1" / "results.json").is_file()
 
 
