@@ -17,14 +17,21 @@ import numpy as np
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.sources import load_federation
 from fedmeta.errors import FedMetaError
+from fedmeta.data.hospital import Federation
 from fedmeta.local_baseline import run_local_baseline
+from fedmeta.pooled_baseline import run_pooled_baseline
 from fedmeta.paired import paired_table
 
-__all__ = ["COMPARED", "run_comparison", "comparison_markdown"]
+__all__ = ["BASELINES", "COMPARED", "run_comparison", "comparison_markdown"]
 
-# Name in the table -> meta.algorithm of the federated run (None: no federation).
+# Non-federated baselines: name in the table -> per-hospital metrics of a federation.
+BASELINES: dict[str, Callable[[Federation, ExperimentConfig], dict[str, dict[str, Any]]]] = {
+    "local": run_local_baseline,
+    "pooled": run_pooled_baseline,  # centralised on the union of the train splits: not federated
+}
+# Name in the table -> meta.algorithm of the federated run (None: a baseline without federation).
 COMPARED: dict[str, str | None] = {
-    "local": None,
+    **{name: None for name in BASELINES},
     "fedavg": "fedavg",
     "fedmeta-maml": "maml",
     "fedmeta-fomaml": "fomaml",
@@ -77,8 +84,8 @@ def run_comparison(
             for fold, fold_cfg in _folds(seeded):
                 done += 1
                 announce(f"[{done}/{total}] {algo}, seed {seed}" + (f", {fold} held out" if fold else ""))
-                if COMPARED[algo] is None:
-                    res = run_local_baseline(load_federation(fold_cfg), fold_cfg)
+                if algo in BASELINES:
+                    res = BASELINES[algo](load_federation(fold_cfg), fold_cfg)
                 else:
                     run_cfg = fold_cfg.model_copy(
                         update={"meta": fold_cfg.meta.model_copy(update={"algorithm": COMPARED[algo]})})
@@ -106,6 +113,10 @@ def run_comparison(
     return result
 
 
+def _label(name: str) -> str:
+    return f"{name} (centralised, not federated)" if name == "pooled" else name
+
+
 def _interval(d: dict[str, Any]) -> str:
     if d["seeds"] < 2:
         return f"{d['mean']:+.3f} (one seed: no interval)"
@@ -123,7 +134,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     ]
     for name, row in algos.items():
         cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("mean_auc", "worst_auc", "mean_accuracy")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
     paired = {name: row["paired"] for name, row in algos.items() if "paired" in row}
     if paired:
         reference = next(iter(paired.values()))["reference"]
