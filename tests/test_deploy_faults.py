@@ -28,9 +28,10 @@ from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.deploy.local import LocalDeployment
 from fedmeta.deploy.processes import ProcessManager, pid_alive
-from fedmeta.flower.client import build_client_app
 from fedmeta.flower.server import build_server_app
 from fedmeta.history import MISS_KINDS
+
+from in_process_grid import InProcessGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "configs" / "deploy.toml"
@@ -114,29 +115,14 @@ def test_a_supernode_killed_mid_run_misses_rounds_and_rejoins(tmp_path, manager)
                      "--out", str(tmp_path / f"audit-{h}")]) == 0
 
 
-class _InProcessGrid:
-    """The same hospitals (same node configs) answered by the ClientApp in this process."""
-
-    def __init__(self, node_configs: list[dict], run_config: dict):
-        self.app = build_client_app()
-        self.contexts = {10 + i: Context(run_id=1, node_id=10 + i, state=RecordDict(), node_config=c,
-                                         run_config=run_config) for i, c in enumerate(node_configs)}
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
-
-
 def _uninterrupted(cfg, dep: LocalDeployment, out: Path) -> dict[str, torch.Tensor]:
     """The same config, seed and node configs, run by the ServerApp over an in-process grid."""
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     run_config = {"config-json": cfg.to_json(), "out-dir": str(out)}
     configs = [{**s.node_config, "ledger": str(out.parent / f"{s.hospital}.sqlite")} for s in dep.specs]
     app = build_server_app(progress=False, expected_nodes=len(configs))
-    app(_InProcessGrid(configs, run_config), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                                                      run_config=run_config))
+    app(InProcessGrid(configs, run_config),
+        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     return torch.load(out / "model.pt")
 
 

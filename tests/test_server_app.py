@@ -11,10 +11,13 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmeta.flower.client import build_client_app
 from fedmeta.flower.server import SimulatedCrash, build_server_app
 
+from in_process_grid import InProcessGrid
+
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
+# Five hospitals; their node policy allows the non-private runs of these tests.
+NODES = [{"partition-id": i, "num-partitions": 5, "privacy-mode": "none"} for i in range(5)]
 
 
 @pytest.fixture(autouse=True)
@@ -22,28 +25,10 @@ def _task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
-class InProcessGrid:
-    """Five hospitals on nodes ``first_id ..``; each message runs the ClientApp of its node. Their
-    node policy allows the non-private runs of these tests."""
-
-    def __init__(self, run_config: dict, first_id: int):
-        self.app = build_client_app()
-        self.contexts = {first_id + i: Context(run_id=1, node_id=first_id + i, state=RecordDict(),
-                                               node_config={"partition-id": i, "num-partitions": 5,
-                                                            "privacy-mode": "none"},
-                                               run_config=run_config) for i in range(5)}
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
-
-
 def _run(run_config: dict, first_id: int, **app_kwargs) -> None:
     app = build_server_app(progress=False, expected_nodes=5, **app_kwargs)
-    app(InProcessGrid(run_config, first_id), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                                                     run_config=run_config))
+    server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    app(InProcessGrid(NODES, run_config, first_id), server)
 
 
 def test_resume_from_in_the_run_config_continues_a_killed_run(tmp_path):

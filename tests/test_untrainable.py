@@ -11,24 +11,12 @@ from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.errors import FedMetaError
-from fedmeta.flower.client import build_client_app
 from fedmeta.flower.server import UNTRAINED, build_server_app
 
+from in_process_grid import InProcessGrid
+
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
-
-
-class InProcessGrid:
-    def __init__(self, run_config: dict):
-        self.app = build_client_app()
-        self.contexts = {10 + i: Context(run_id=1, node_id=10 + i, state=RecordDict(), run_config=run_config,
-                                         node_config={"partition-id": i, "num-partitions": 5, "privacy-mode": "none"})
-                         for i in range(5)}
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+NODES = [{"partition-id": i, "num-partitions": 5, "privacy-mode": "none"} for i in range(5)]
 
 
 def test_a_diverging_run_fails_instead_of_writing_an_untrained_model(tmp_path):
@@ -37,8 +25,8 @@ def test_a_diverging_run_fails_instead_of_writing_an_untrained_model(tmp_path):
     run_config = {"config-file": CI, "overrides": "meta.inner_lr=1e30 meta.outer_lr=1e30", "out-dir": str(out)}
     app = build_server_app(progress=False, expected_nodes=5)
     with pytest.raises(FedMetaError) as err:
-        app(InProcessGrid(run_config), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                                               run_config=run_config))
+        app(InProcessGrid(NODES, run_config),
+            Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     message = str(err.value)
     assert message.startswith("no round changed the model: nothing was trained") and "NaN or inf" in message
     assert "\n" not in message
