@@ -81,7 +81,7 @@ def run(cfg: ExperimentConfig, construction: str, target: float) -> tuple[float,
     for h in fed.hospitals:
         try:
             aucs.append(evaluate_few_shot(model, theta, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
-                                          device=cpu).auc)
+                                          device=cpu)["test"].auc)
         except ValueError:
             aucs.append(float("nan"))
     return float(np.nanmean(aucs)), float(np.nanmin(aucs)), worst_eps

@@ -44,7 +44,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.records, args.features)).astype(np.float32)
     y = (rng.uniform(size=args.records) < 0.4).astype(np.float32)
-    hospital = Hospital("bench", x, y, x[:10], y[:10])
+    hospital = Hospital("bench", x, y, x[:10], y[:10], x[:0], y[:0])
     model = MLP(args.features, [64, 64])
     params = params_of(model)
     cpu = torch.device("cpu")

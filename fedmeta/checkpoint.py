@@ -40,17 +40,18 @@ class Checkpoint:
     history: RunHistory
     declined: list[str]
     config: dict[str, Any]
+    best: dict[str, Any] | None = None  # RoundSelection.state(): the best validation round so far
 
 
 def save_checkpoint(directory: Path, *, server_round: int, server: dict[str, Any], history: RunHistory,
-                    declined: list[str], cfg: ExperimentConfig) -> Path:
+                    declined: list[str], cfg: ExperimentConfig, best: dict[str, Any] | None = None) -> Path:
     """Atomic: a crash leaves the previous checkpoint or the new one, never half of one."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT
     tmp = path.with_suffix(".pt.tmp")
     torch.save({"format": FORMAT, "round": server_round, "server": server,
                 "history": json.loads(json.dumps(history.to_dict())), "declined": sorted(declined),
-                "config": cfg.to_json()}, tmp)
+                "config": cfg.to_json(), "best": best}, tmp)
     os.replace(tmp, path)
     return path
 
@@ -85,7 +86,7 @@ def load_checkpoint(directory: Path, cfg: ExperimentConfig) -> Checkpoint:
         saved = json.loads(raw["config"])
         history = RunHistory.from_dict(raw["history"])
         ckpt = Checkpoint(round=int(raw["round"]), server=raw["server"], history=history,
-                          declined=list(raw["declined"]), config=saved)
+                          declined=list(raw["declined"]), config=saved, best=raw.get("best"))
     except FedMetaError:
         raise
     except Exception as err:  # a truncated or foreign file

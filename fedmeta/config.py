@@ -27,6 +27,7 @@ __all__ = [
     "HospitalPrivacyConfig",
     "PrivacyConfig",
     "AuditConfig",
+    "TuneConfig",
     "ExperimentConfig",
     "load_config",
     "apply_overrides",
@@ -66,8 +67,12 @@ class DataConfig(_Section):
     dir: str = ""
     label: str = "label"
     test_fraction: float = Field(0.3, gt=0, lt=1)
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="part of each hospital's train split kept "
+                                       "for model selection (per site, stratified); 0 = none")
     held_out: list[str] = Field(default_factory=list)
     leave_one_out: bool = False
+    excluded: list[str] = Field(default_factory=list, description="hospitals left out of the run entirely (tuning "
+                                "for unseen hospitals leaves out the ones it will be evaluated on)")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
@@ -122,14 +127,23 @@ class ServerConfig(_Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the meta-update (the global model's)")
 
 
 class EvalConfig(_Section):
-    """Few-shot evaluation: adapt on ``shots`` per class from train, score on test."""
+    """Few-shot evaluation: adapt on ``shots`` per class from train, score on test (and validation).
+
+    ``keep = "best"`` keeps the model of the evaluated round with the best validation AUC, and stops
+    after ``patience`` evaluations without improvement (0: never); it needs a validation split.
+    """
 
     shots: int = Field(5, ge=1)
     draws: int = Field(10, ge=1)
     every: int = Field(1, ge=1, description="evaluate every N rounds (and always the last)")
+    keep: Literal["last", "best"] = Field("last", description="the model a run ends with: its last round's, or "
+                                          "its best round's on validation")
+    patience: int = Field(0, ge=0, description="with keep = best: stop after this many evaluations without a "
+                          "better validation AUC (0: never)")
 
 
 class LocalConfig(_Section):
@@ -138,6 +152,7 @@ class LocalConfig(_Section):
     steps: int = Field(300, ge=1)
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (Adam's weight_decay)")
 
 
 # Below MIN_SIGMA epsilon is in the hundreds and Opacus' PRV accountant runs out of memory; past
@@ -206,6 +221,19 @@ class AuditConfig(_Section):
     seed: int = Field(0, ge=0)
 
 
+class TuneConfig(_Section):
+    """``fedmeta tune``: narrow or fix the algorithm's search space (``fedmeta.tuning.spaces``).
+
+    ``space`` maps a dotted setting to a fixed value, a ``[low, high]`` range inside the declared one,
+    or a list of choices. In the unseen-hospital modes, ``validation_hospitals`` training hospitals
+    stand in for the unseen one during tuning.
+    """
+
+    space: dict[str, Any] = Field(default_factory=dict)
+    validation_hospitals: int = Field(1, ge=1)
+    warmup_rounds: int = Field(5, ge=0, description="rounds before the pruner may stop a trial")
+
+
 class ExperimentConfig(_Section):
     """A whole run."""
 
@@ -219,6 +247,16 @@ class ExperimentConfig(_Section):
     local: LocalConfig = Field(default_factory=LocalConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @model_validator(mode="after")
+    def _selection_needs_validation(self) -> "ExperimentConfig":
+        if self.eval.keep == "best" and self.data.validation_fraction == 0:
+            raise ValueError("eval.keep = \"best\" selects on validation: set data.validation_fraction > 0")
+        if self.eval.keep == "best" and (self.data.held_out or self.data.leave_one_out):
+            raise ValueError("eval.keep = \"best\" would select on the unseen hospitals' own data: with held-out "
+                             "hospitals, choose the rounds with `fedmeta tune` (it validates on training hospitals)")
+        return self
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -226,13 +264,13 @@ class ExperimentConfig(_Section):
 
 def _format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    field = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     value = first.get("input")
     shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
-    return f"{source}: {field}: {msg}{shown}"
+    return f"{source}: {field + ': ' if field else ''}{msg}{shown}"
 
 
 def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:

@@ -1,5 +1,6 @@
 """Few-shot evaluation: adapt an initialisation on k shots per class of a hospital's train split,
-score on its test split (scikit-learn AUC and accuracy), averaged over several k-shot draws."""
+score on its test (or validation) split (scikit-learn AUC and accuracy), averaged over several
+k-shot draws."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Hospital
 from fedmeta.meta.functional import Params, adapt, per_episode_copies
 
-__all__ = ["Score", "score_params", "evaluate_few_shot", "NonFiniteModelError"]
+__all__ = ["Score", "score_params", "evaluate_few_shot", "mean_score", "NonFiniteModelError"]
 
 
 class NonFiniteModelError(ValueError):
@@ -32,25 +33,25 @@ class Score:
         return {"auc": self.auc, "accuracy": self.accuracy}
 
 
-def score_params(model: nn.Module, params: Params, hospital: Hospital, device: torch.device) -> Score:
-    """AUC and accuracy (threshold 0.5) of ``params`` on the hospital's test split."""
+def score_params(model: nn.Module, params: Params, hospital: Hospital, device: torch.device,
+                 split: str = "test") -> Score:
+    """AUC and accuracy (threshold 0.5) of ``params`` on the hospital's ``split``."""
+    x, y = hospital.split(split)
     with torch.no_grad():
-        logits = functional_call(model, params, (torch.as_tensor(hospital.x_test, device=device),))
+        logits = functional_call(model, params, (torch.as_tensor(x, device=device),))
         prob = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
     if not np.isfinite(prob).all():
         raise NonFiniteModelError(f"hospital {hospital.name}: the model's predictions are not finite "
                                   "(diverged training or adaptation)")
-    return Score(
-        auc=float(roc_auc_score(hospital.y_test, prob)),
-        accuracy=float(accuracy_score(hospital.y_test, prob >= 0.5)),
-    )
+    return Score(auc=float(roc_auc_score(y, prob)), accuracy=float(accuracy_score(y, prob >= 0.5)))
 
 
 def evaluate_few_shot(
     model: nn.Module, params: Params, hospital: Hospital, *, eval_cfg: EvalConfig, meta_cfg: MetaConfig,
-    seed: int, device: torch.device,
-) -> Score:
-    """Mean score over ``eval_cfg.draws`` k-shot adaptations (``meta_cfg`` inner steps and lr)."""
+    seed: int, device: torch.device, splits: tuple[str, ...] = ("test",),
+) -> dict[str, Score]:
+    """Per split, the mean score over ``eval_cfg.draws`` k-shot adaptations (``meta_cfg`` inner
+    steps and lr); every split is scored with the same adapted models."""
     rng = np.random.default_rng([seed, 7_919])
     x = torch.as_tensor(hospital.x_train, device=device)
     y = torch.as_tensor(hospital.y_train, device=device)
@@ -61,9 +62,9 @@ def evaluate_few_shot(
     start = per_episode_copies({k: v.to(device) for k, v in params.items()}, eval_cfg.draws)
     adapted = adapt(model, start, x[idx], y[idx], steps=meta_cfg.inner_steps, lr=meta_cfg.inner_lr,
                     create_graph=False)
-    scores = [score_params(model, {k: v[i].detach() for k, v in adapted.items()}, hospital, device)
-              for i in range(eval_cfg.draws)]
-    return Score(
-        auc=float(np.mean([s.auc for s in scores])),
-        accuracy=float(np.mean([s.accuracy for s in scores])),
-    )
+    draws = [{k: v[i].detach() for k, v in adapted.items()} for i in range(eval_cfg.draws)]
+    return {split: mean_score([score_params(model, p, hospital, device, split) for p in draws]) for split in splits}
+
+
+def mean_score(scores: list[Score]) -> Score:
+    return Score(auc=float(np.mean([s.auc for s in scores])), accuracy=float(np.mean([s.accuracy for s in scores])))

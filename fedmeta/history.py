@@ -39,6 +39,18 @@ class RunHistory:
     # head, the ledger run ids of this run. Sent back with the next round's work: a ledger that no
     # longer holds that head (deleted, rolled back, rewritten) is refused by its hospital.
     ledgers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kept_round: int = 0  # the round whose model the run ended with (eval.keep = "best"); 0: the last
+
+    def counted(self) -> list[str]:
+        """The hospitals a run is judged on: the held-out ones when any are held out, else all."""
+        held = [h for h, role in self.hospitals.items() if role == "held-out"]
+        return held or list(self.hospitals)
+
+    def validation_auc(self, r: int) -> float | None:
+        """Mean validation AUC of round ``r`` over the counted hospitals; None if one lacks it."""
+        scores = self.round(r).eval
+        vals = [scores.get(h, {}).get("val_auc") for h in self.counted()]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type]
 
     def round(self, r: int) -> RoundRecord:
         for rec in self.rounds:
@@ -49,7 +61,10 @@ class RunHistory:
         return rec
 
     def final_eval(self) -> dict[str, dict[str, float]]:
-        """Scores of the last evaluated round (a hospital that failed to evaluate then is absent)."""
+        """Scores of the kept round, else of the last evaluated one (a hospital that failed to
+        evaluate then is absent)."""
+        if self.kept_round:
+            return dict(self.round(self.kept_round).eval)
         evaluated = [rec for rec in self.rounds if rec.eval]
         return dict(evaluated[-1].eval) if evaluated else {}
 
@@ -58,6 +73,7 @@ class RunHistory:
             "hospitals": self.hospitals,
             "devices": self.devices,
             "ledgers": self.ledgers,
+            "kept_round": self.kept_round,
             "rounds": [vars(r) for r in self.rounds],
         }
 
@@ -65,4 +81,5 @@ class RunHistory:
     def from_dict(cls, data: dict[str, Any]) -> "RunHistory":
         return cls(hospitals=dict(data["hospitals"]), devices=dict(data.get("devices", {})),
                    ledgers={h: dict(v) for h, v in data.get("ledgers", {}).items()},
+                   kept_round=int(data.get("kept_round", 0)),
                    rounds=[RoundRecord(**r) for r in data["rounds"]])

@@ -3,6 +3,8 @@
 A participating hospital trains on its whole train split; a held-out (new) hospital has only its
 k shots per class, so it trains on those alone (averaged over the same k-shot draws as the
 federated methods). Same model, same initialisation, same test splits as the federated runs.
+With a validation split, each hospital's validation scores come with its test scores (``val_auc``):
+``fedmeta tune`` selects on those.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from torch import nn
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Federation, Hospital
-from fedmeta.evaluation import Score, score_params
+from fedmeta.evaluation import Score, mean_score, score_params
 from fedmeta.meta.functional import loss_fn, params_of
 from fedmeta.models import build_model
 
-__all__ = ["train_alone", "run_local_baseline"]
+__all__ = ["train_alone", "run_local_baseline", "scores_row", "splits_of"]
 
 
 def train_alone(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: ExperimentConfig,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Adam on minibatches of ``(x, y)`` from the seeded initialisation."""
+    """Adam (L2 ``local.weight_decay``) on minibatches of ``(x, y)`` from the seeded initialisation."""
     params = {k: v.requires_grad_(True) for k, v in params_of(model).items()}
-    opt = torch.optim.Adam(params.values(), lr=cfg.local.lr)
+    opt = torch.optim.Adam(params.values(), lr=cfg.local.lr, weight_decay=cfg.local.weight_decay)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     bs = min(cfg.local.batch_size, len(y))
     for _ in range(cfg.local.steps):
@@ -36,14 +38,25 @@ def train_alone(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: ExperimentC
     return {k: v.detach() for k, v in params.items()}
 
 
-def _score_held_out(model: nn.Module, h: Hospital, cfg: ExperimentConfig) -> Score:
+def splits_of(h: Hospital) -> tuple[str, ...]:
+    return ("test", "validation") if len(h.y_val) else ("test",)
+
+
+def scores_row(scores: dict[str, Score], role: str) -> dict[str, float | str]:
+    """One hospital's row: test AUC/accuracy, validation ones when there is a validation split."""
+    val = scores.get("validation")
+    return {**scores["test"].as_dict(), **({"val_auc": val.auc, "val_accuracy": val.accuracy} if val else {}),
+            "role": role}
+
+
+def _score_held_out(model: nn.Module, h: Hospital, cfg: ExperimentConfig) -> dict[str, Score]:
     rng = np.random.default_rng([cfg.seed, 7_919])  # the same draws as evaluate_few_shot
-    scores = []
+    draws = []
     for _ in range(cfg.eval.draws):
         idx = sample_k_shot(h.y_train, cfg.eval.shots, rng)
-        params = train_alone(model, h.x_train[idx], h.y_train[idx], cfg, np.random.default_rng([cfg.seed, 3]))
-        scores.append(score_params(model, params, h, torch.device("cpu")))
-    return Score(float(np.mean([s.auc for s in scores])), float(np.mean([s.accuracy for s in scores])))
+        draws.append(train_alone(model, h.x_train[idx], h.y_train[idx], cfg, np.random.default_rng([cfg.seed, 3])))
+    cpu = torch.device("cpu")
+    return {s: mean_score([score_params(model, p, h, cpu, s) for p in draws]) for s in splits_of(h)}
 
 
 def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict[str, float | str]]:
@@ -53,9 +66,9 @@ def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict
     out: dict[str, dict[str, float | str]] = {}
     for i, h in enumerate(fed.hospitals):
         if h.name in held:
-            score, role = _score_held_out(model, h, cfg), "held-out"
+            out[h.name] = scores_row(_score_held_out(model, h, cfg), "held-out")
         else:
             params = train_alone(model, h.x_train, h.y_train, cfg, np.random.default_rng([cfg.seed, i]))
-            score, role = score_params(model, params, h, torch.device("cpu")), "train"
-        out[h.name] = {**score.as_dict(), "role": role}
+            scores = {s: score_params(model, params, h, torch.device("cpu"), s) for s in splits_of(h)}
+            out[h.name] = scores_row(scores, "train")
     return out

@@ -82,6 +82,9 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
         "stopped_early": stop_reason,
         "resumed_from_round": resumed_from_round,
         "missed_rounds": missed_rounds(history),
+        "kept_round": history.kept_round or max((r.round for r in history.rounds if r.eval), default=0),
+        "selection": "best validation round" if history.kept_round else "last round",
+        "validation_auc": {str(r.round): v for r in history.rounds if (v := history.validation_auc(r.round)) is not None},
         "final": {h: {**m, "role": history.hospitals[h]} for h, m in sorted(final.items())},
         "final_missing": sorted(set(history.hospitals) - set(final)),
         "summary": summarise(final, history.hospitals),
@@ -93,13 +96,14 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     with (out_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["round", "hospital", "role", "auc", "accuracy", "auc_unadapted", "train_loss", "missed"])
+        w.writerow(["round", "hospital", "role", "auc", "accuracy", "auc_unadapted", "val_auc", "train_loss",
+                    "missed"])
         for r in history.rounds:
             for h, role in history.hospitals.items():
                 if h in r.eval or h in r.train or h in r.missed:
                     ev = r.eval.get(h, {})
                     w.writerow([r.round, h, role, ev.get("auc", ""), ev.get("accuracy", ""),
-                                ev.get("auc_unadapted", ""), r.train.get(h, {}).get("train-loss", ""),
+                                ev.get("auc_unadapted", ""), ev.get("val_auc", ""), r.train.get(h, {}).get("train-loss", ""),
                                 ": ".join(r.missed[h].values()) if h in r.missed else ""])
     torch.save(model.state_dict(), out_dir / "model.pt")
     title = f"{cfg.meta.algorithm}, seed {cfg.seed}"

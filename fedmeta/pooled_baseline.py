@@ -15,7 +15,7 @@ import torch
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.hospital import Federation
 from fedmeta.evaluation import evaluate_few_shot
-from fedmeta.local_baseline import train_alone
+from fedmeta.local_baseline import scores_row, splits_of, train_alone
 from fedmeta.models import build_model
 
 __all__ = ["pooled_params", "run_pooled_baseline"]
@@ -38,7 +38,7 @@ def run_pooled_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dic
     held = set(cfg.data.held_out)
     out: dict[str, dict[str, float | str]] = {}
     for h in fed.hospitals:
-        score = evaluate_few_shot(model, params, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
-                                  device=torch.device("cpu"))
-        out[h.name] = {**score.as_dict(), "role": "held-out" if h.name in held else "train"}
+        scores = evaluate_few_shot(model, params, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
+                                   device=torch.device("cpu"), splits=splits_of(h))
+        out[h.name] = scores_row(scores, "held-out" if h.name in held else "train")
     return out

@@ -19,8 +19,8 @@ from fedmeta.meta.functional import Params
 __all__ = ["ServerMetaOptimizer", "SERVER_OPTIMIZERS"]
 
 SERVER_OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], ServerConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda ps, c: torch.optim.SGD(ps, lr=c.lr, momentum=c.momentum),
-    "adam": lambda ps, c: torch.optim.Adam(ps, lr=c.lr, betas=(c.beta1, c.beta2)),
+    "sgd": lambda ps, c: torch.optim.SGD(ps, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adam": lambda ps, c: torch.optim.Adam(ps, lr=c.lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay),
 }
 
 

@@ -95,13 +95,15 @@ def _describe_ray(attached: bool) -> dict[str, Any]:
 
 
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, resume: bool = False,
-             ray_address: str = "", _noise_scale: float = 1.0, _client_mods: list[Any] | None = None,
+             ray_address: str = "", on_validation: Any = None, _noise_scale: float = 1.0, _client_mods: list[Any] | None = None,
              _stop_after_round: int = 0) -> dict[str, Any]:
     """Run ``cfg`` on Ray and return the parsed ``results.json`` written into ``out_dir``.
 
     ``resume``: ``out_dir`` holds the checkpoint of a killed run of ``cfg``; continue it.
     ``ray_address`` (or the ``RAY_ADDRESS`` environment variable): attach to that existing Ray
     cluster (``auto`` or ``HOST:PORT``) instead of starting one on this machine.
+
+    ``on_validation(round, validation AUC) -> stop?`` hears each evaluated round (``fedmeta tune``).
 
     ``_noise_scale`` multiplies the DP noise; anything but 1 breaks the privacy guarantee and
     exists only for tests that check the empirical audit catches a wrong constant.
@@ -141,7 +143,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
     run_simulation(
         server_app=build_server_app(cfg, out_dir, expected_nodes=n, progress=progress,
                                     resume_from=out_dir if resume else None,
-                                    describe_runtime=lambda: _describe_ray(bool(address)),
+                                    describe_runtime=lambda: _describe_ray(bool(address)), on_validation=on_validation,
                                     _stop_after_round=_stop_after_round),
         client_app=_with_mods(client_app, _client_mods) if _client_mods else client_app,
         num_supernodes=n,

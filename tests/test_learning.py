@@ -43,7 +43,7 @@ def _few_shot_auc_after(algorithm: str, rounds: int, seed: int) -> float:
         server.step({k: sum(w * res.update[k] for w, res in zip(weights, results)) for k in theta})
     theta = server.current()
     return float(np.mean([evaluate_few_shot(model, theta, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=seed,
-                                            device=cpu).auc for h in fed.hospitals]))
+                                            device=cpu)["test"].auc for h in fed.hospitals]))
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile", "fedavg"])

@@ -1,5 +1,8 @@
 """A hospital's data, split and preprocessed with statistics of its own train split only.
 
+Each site is split, stratified, into test and train, and (``validation_fraction`` > 0) its train
+part again into train and validation: model selection reads validation, the final evaluation test.
+
 Nothing computed from one hospital's data (medians, means, scales) is used for another: this is
 what a site does locally before it joins a federation.
 """
@@ -37,6 +40,12 @@ class Hospital:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    x_val: np.ndarray  # (0, features) without a validation split
+    y_val: np.ndarray
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of the ``"test"`` or ``"validation"`` split."""
+        return (self.x_test, self.y_test) if name == "test" else (self.x_val, self.y_val)
 
     @property
     def n_train(self) -> int:
@@ -70,8 +79,17 @@ class Federation:
         raise KeyError(name)
 
 
-def preprocess_site(site: RawSite, test_fraction: float, seed: int) -> Hospital:
-    """Stratified train/test split, then median imputation and standardisation fitted on train."""
+def _stratified(site: RawSite, x: np.ndarray, y: np.ndarray, fraction: float, seed: int,
+                what: str) -> list[np.ndarray]:
+    try:
+        return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+    except ValueError as err:
+        raise FedMetaError(f"{site.origin}: hospital {site.name!r}: cannot split off its {what}: {err}") from None
+
+
+def preprocess_site(site: RawSite, test_fraction: float, seed: int, validation_fraction: float = 0.0) -> Hospital:
+    """Stratified train/test (and train/validation) split, then median imputation and
+    standardisation fitted on what remains for training."""
     y = site.y
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
@@ -84,23 +102,25 @@ def preprocess_site(site: RawSite, test_fraction: float, seed: int) -> Hospital:
             f"{site.origin}: hospital {site.name!r} has only {counts.min()} example(s) of class "
             f"{int(classes[counts.argmin()])}: cannot split it into train and test"
         )
-    try:
-        x_tr, x_te, y_tr, y_te = train_test_split(
-            site.x, y, test_size=test_fraction, stratify=y, random_state=seed
-        )
-    except ValueError as err:
-        raise FedMetaError(f"{site.origin}: hospital {site.name!r}: cannot split: {err}") from None
+    x_tr, x_te, y_tr, y_te = _stratified(site, site.x, y, test_fraction, seed, "test split")
+    x_va, y_va = x_tr[:0], y_tr[:0]
+    if validation_fraction > 0:
+        x_tr, x_va, y_tr, y_va = _stratified(site, x_tr, y_tr, validation_fraction, seed + 1, "validation split")
     imputer = SimpleImputer(strategy="median", keep_empty_features=True)
     scaler = StandardScaler()
     x_tr = scaler.fit_transform(imputer.fit_transform(x_tr))
-    x_te = scaler.transform(imputer.transform(x_te))
-    # A feature missing in the whole train split becomes constant 0 after imputation + scaling.
-    x_tr = np.nan_to_num(x_tr, nan=0.0)
-    x_te = np.nan_to_num(x_te, nan=0.0)
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        # A feature missing in the whole train split becomes constant 0 after imputation + scaling.
+        out = scaler.transform(imputer.transform(x)) if len(x) else np.zeros((0, x_tr.shape[1]))
+        return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
     return Hospital(
         name=site.name,
-        x_train=x_tr.astype(np.float32),
+        x_train=np.nan_to_num(x_tr, nan=0.0).astype(np.float32),
         y_train=y_tr.astype(np.float32),
-        x_test=x_te.astype(np.float32),
+        x_test=transform(x_te),
         y_test=y_te.astype(np.float32),
+        x_val=transform(x_va),
+        y_val=y_va.astype(np.float32),
     )

@@ -43,6 +43,9 @@ def _check_hospital(h: Hospital, cfg: ExperimentConfig) -> None:
         )
     if len(set(h.y_test.tolist())) < 2:
         raise FedMetaError(f"hospital {h.name!r}: its test split has a single class: AUC is undefined")
+    if cfg.data.validation_fraction > 0 and len(set(h.y_val.tolist())) < 2:
+        raise FedMetaError(f"hospital {h.name!r}: its validation split has a single class: AUC is undefined "
+                           "(raise data.validation_fraction)")
 
 
 def _check_shots(fed: Federation, cfg: ExperimentConfig) -> None:
@@ -60,10 +63,15 @@ def _load_cached(cfg_json: str) -> Federation:
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise FedMetaError(f"data: duplicate hospital names {sorted(dupes)}")
-    for name in cfg.data.held_out:
-        if name not in names:
-            raise FedMetaError(f"data.held_out: unknown hospital {name!r} (hospitals: {', '.join(names)})")
-    hospitals = [preprocess_site(s, cfg.data.test_fraction, cfg.seed) for s in sites]
+    for key in ("held_out", "excluded"):
+        for name in getattr(cfg.data, key):
+            if name not in names:
+                raise FedMetaError(f"data.{key}: unknown hospital {name!r} (hospitals: {', '.join(names)})")
+    if both := set(cfg.data.held_out) & set(cfg.data.excluded):
+        raise FedMetaError(f"data.excluded: {sorted(both)[0]!r} is also in data.held_out (a hospital is one or the other)")
+    # An excluded hospital is dropped as read: nothing of it (not even its split) enters the run.
+    hospitals = [preprocess_site(s, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction)
+                 for s in sites if s.name not in cfg.data.excluded]
     fed = Federation(hospitals=tuple(hospitals), feature_names=tuple(feature_names))
     _check_shots(fed, cfg)
     if len(training_hospitals(fed, cfg)) < 1:
@@ -126,7 +134,7 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
             index = list(UCI_SITES).index(hospital)
         n_features = len(features)
         index = index if partition_id is None else partition_id
-    site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed)
+    site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction)
     _check_hospital(site, cfg)
     return OwnHospital(site, n_features, index)
 

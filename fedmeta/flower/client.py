@@ -202,17 +202,20 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
             return received
         model, params = received
         server_round = int(msg.content["config"].get("server-round", 0))
+        splits = ("test", "validation") if len(site.hospital.y_val) else ("test",)
         try:
-            score = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
-                                      seed=cfg.seed, device=site.device)
+            scores = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
+                                       seed=cfg.seed, device=site.device, splits=splits)
             unadapted = score_params(model, params, site.hospital, site.device)
         except NonFiniteModelError as err:
             return Message(Error(code=EVAL_FAILED, reason=str(err)), reply_to=msg)
+        score, val = scores["test"], scores.get("validation")
         metrics = MetricRecord({
             "num-examples": int(site.hospital.y_test.shape[0]),
             "auc": score.auc,
             "accuracy": score.accuracy,
             "auc-unadapted": unadapted.auc,
+            **({"val-auc": val.auc, "val-accuracy": val.accuracy} if val else {}),
             "held-out": int(site.held_out),
             "server-round": server_round,
         })

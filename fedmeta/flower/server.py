@@ -22,6 +22,7 @@ from fedmeta.errors import FedMetaError
 from fedmeta.flower.membership import Identity, identify
 from fedmeta.flower.records import params_to_record
 from fedmeta.flower.run_config import config_from_run_config
+from fedmeta.flower.selection import OnValidation
 from fedmeta.flower.strategy import FederationStopped, FedMeta
 from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model
@@ -77,11 +78,12 @@ def _round_done(server_round: int, bar: tqdm, stop_after: int) -> None:
 def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_nodes: int = 0,
                    progress: bool = True, resume_from: Path | None = None,
                    describe_runtime: Callable[[], dict[str, Any]] | None = None,
-                   _stop_after_round: int = 0) -> None:
+                   on_validation: OnValidation | None = None, _stop_after_round: int = 0) -> None:
     """Find the hospitals, run the rounds (from a checkpoint with ``resume_from``), write the outputs.
 
     ``describe_runtime`` (called once the hospitals answered) says where the run executes; its
-    result goes into results.json. ``_stop_after_round`` ends the run abruptly after that round's
+    result goes into results.json. ``on_validation(round, validation AUC)`` is called after each
+    evaluated round that has one; returning True ends the run there. ``_stop_after_round`` ends the run abruptly after that round's
     checkpoint, as a crash would (tests of ``resume`` only).
     """
     t0 = time.perf_counter()
@@ -104,6 +106,7 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     strategy = FedMeta(
         cfg=cfg, hospital_of=hospital_of, train_nodes=train_nodes, initial_params=params_of(model),
         checkpoint_dir=out_dir, on_round_end=lambda r: _round_done(r, bar, _stop_after_round), n_features=n_features,
+        on_validation=on_validation,
     )
     strategy.history.devices = {v.hospital: v.device for v in identities.values()}
     if ckpt is not None:
@@ -132,7 +135,8 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
         raise FedMetaError(reason)
     if strategy.audit_trace:
         torch.save(strategy.audit_trace, out_dir / "audit_trace.pt")
-    model.load_state_dict(strategy.optimizer.current())
+    strategy.history.kept_round, kept = strategy.selection.kept(strategy.optimizer.current())
+    model.load_state_dict(kept)
     write_run_outputs(
         out_dir, cfg=cfg, history=strategy.history, model=model,
         timings={"setup_s": t_setup, "total_s": time.perf_counter() - t0},
@@ -155,7 +159,7 @@ def _why_untrained(strategy: FedMeta) -> str:
 def build_server_app(config: ExperimentConfig | None = None, out_dir: Path | None = None,
                      expected_nodes: int = 0, progress: bool = True, resume_from: Path | None = None,
                      describe_runtime: Callable[[], dict[str, Any]] | None = None,
-                     _stop_after_round: int = 0) -> ServerApp:
+                     on_validation: OnValidation | None = None, _stop_after_round: int = 0) -> ServerApp:
     """A ServerApp for ``config`` writing to ``out_dir``; both default to the run config.
 
     ``resume_from`` (run config ``resume-from``) is the output directory of a killed run: the run
@@ -172,6 +176,7 @@ def build_server_app(config: ExperimentConfig | None = None, out_dir: Path | Non
                               or f"runs/flwr-{datetime.now():%Y%m%d-%H%M%S}")
         out.mkdir(parents=True, exist_ok=True)
         run_federation(grid, cfg, out, expected_nodes=expected_nodes, progress=progress, resume_from=resume,
-                       describe_runtime=describe_runtime, _stop_after_round=_stop_after_round)
+                       describe_runtime=describe_runtime, on_validation=on_validation,
+                       _stop_after_round=_stop_after_round)
 
     return app

@@ -31,6 +31,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.flower.membership import Membership, reply_node
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
 from fedmeta.flower.reply_codes import BUDGET_EXHAUSTED, REFUSALS
+from fedmeta.flower.selection import OnValidation, RoundSelection, StopRun
 from fedmeta.history import RunHistory
 from fedmeta.meta.functional import Params
 from fedmeta.server_optimizer import ServerMetaOptimizer
@@ -67,6 +68,7 @@ class FedMeta(FedAvg):
         checkpoint_dir: Path,
         on_round_end: Callable[[int], None] | None = None,
         n_features: int | None = None,
+        on_validation: OnValidation | None = None,
     ):
         super().__init__(
             fraction_train=cfg.federation.fraction_train,
@@ -82,6 +84,7 @@ class FedMeta(FedAvg):
         self.optimizer = ServerMetaOptimizer(initial_params, cfg.server)
         self.history = RunHistory(hospitals=dict(sorted(roles.items())))
         self.checkpoint_dir = checkpoint_dir
+        self.selection = RoundSelection(cfg, on_validation)
         self.on_round_end = on_round_end
         self._round_start = time.perf_counter()
         self._eval_sent: list[str] = []
@@ -106,6 +109,7 @@ class FedMeta(FedAvg):
         self.history = ckpt.history
         self.history.devices = {**ckpt.history.devices, **devices}
         self.declined = set(ckpt.declined)
+        self.selection.restore(ckpt.best)
         self.first_round = ckpt.round + 1
 
     # -- the loop ------------------------------------------------------------------------------
@@ -140,7 +144,17 @@ class FedMeta(FedAvg):
                     result.evaluate_metrics_clientapp[server_round] = evaluated
             if evaluate_fn is not None and (res := evaluate_fn(server_round, arrays)) is not None:
                 result.evaluate_metrics_serverapp[server_round] = res
+            stop = None
+            if self._evaluates(server_round):
+                try:
+                    self.selection.observe(self.history, server_round, self.optimizer.current)
+                except StopRun as err:
+                    stop = err
             self._end_round(server_round)
+            if stop is not None:
+                self.stop_reason = str(stop)
+                log.info("%s", stop)
+                break
         return result
 
     # -- training ------------------------------------------------------------------------------
@@ -291,6 +305,8 @@ class FedMeta(FedAvg):
                 m = msg.content["metrics"]
                 scores = {"auc": float(m["auc"]), "accuracy": float(m["accuracy"]),  # type: ignore[arg-type]
                           "auc_unadapted": float(m["auc-unadapted"])}  # type: ignore[arg-type]
+                if "val-auc" in m:
+                    scores |= {"val_auc": float(m["val-auc"]), "val_accuracy": float(m["val-accuracy"])}  # type: ignore[arg-type]
                 if not all(0.0 <= v <= 1.0 for v in scores.values()):
                     raise ValueError(f"metrics outside [0, 1]: {scores}")
             except (KeyError, TypeError, ValueError) as err:
@@ -310,6 +326,7 @@ class FedMeta(FedAvg):
     def _end_round(self, server_round: int) -> None:
         self.history.round(server_round).seconds = time.perf_counter() - self._round_start
         save_checkpoint(self.checkpoint_dir, server_round=server_round, server=self.optimizer.state_dict(),
-                        history=self.history, declined=sorted(self.declined), cfg=self.cfg)
+                        history=self.history, declined=sorted(self.declined), cfg=self.cfg,
+                        best=self.selection.state())
         if self.on_round_end is not None:
             self.on_round_end(server_round)
