@@ -242,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
                    default=["local", "fedavg", "fedmeta-maml", "fedmeta-fomaml", "fedmeta-reptile"])
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.set_defaults(func=_compare)
+    from fedmeta.tuning.command import add_tune_parser
+
+    add_tune_parser(sub, common, _load, _default_out)
     a = sub.add_parser("audit", help="recompute and report the privacy spent in hospitals' ledgers")
     a.add_argument("ledgers", nargs="*", help="ledger files (<out>/ledgers/<hospital>.sqlite)")
     a.add_argument("--run", metavar="RUN_DIR", help="also check the ledgers against this run: the head it recorded "

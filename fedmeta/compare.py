@@ -18,16 +18,17 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.data.sources import load_federation
 from fedmeta.errors import FedMetaError
 from fedmeta.data.hospital import Federation
-from fedmeta.local_baseline import run_local_baseline
-from fedmeta.pooled_baseline import run_pooled_baseline
+from fedmeta import local_baseline, pooled_baseline
+from fedmeta.meta.algorithms import get_algorithm
+from fedmeta.tuning.space import SearchSpace
 from fedmeta.paired import paired_table
 
 __all__ = ["BASELINES", "COMPARED", "run_comparison", "comparison_markdown"]
 
 # Non-federated baselines: name in the table -> per-hospital metrics of a federation.
 BASELINES: dict[str, Callable[[Federation, ExperimentConfig], dict[str, dict[str, Any]]]] = {
-    "local": run_local_baseline,
-    "pooled": run_pooled_baseline,  # centralised on the union of the train splits: not federated
+    "local": local_baseline.run_local_baseline,
+    "pooled": pooled_baseline.run_pooled_baseline,  # centralised on the union of the train splits: not federated
 }
 # Name in the table -> meta.algorithm of the federated run (None: a baseline without federation).
 COMPARED: dict[str, str | None] = {
@@ -37,6 +38,15 @@ COMPARED: dict[str, str | None] = {
     "fedmeta-fomaml": "fomaml",
     "fedmeta-reptile": "reptile",
 }
+
+
+
+
+def search_space(name: str) -> SearchSpace:
+    """What ``fedmeta tune`` may change for a compared name, as its definition declares it."""
+    if name in BASELINES:
+        return {"local": local_baseline.SEARCH_SPACE, "pooled": pooled_baseline.SEARCH_SPACE}[name]
+    return get_algorithm(COMPARED[name]).search_space  # type: ignore[arg-type]
 
 
 def _folds(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:

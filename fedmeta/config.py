@@ -32,6 +32,8 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "config_from_json",
+    "with_settings",
+    "config_toml",
 ]
 
 
@@ -140,6 +142,8 @@ class EvalConfig(_Section):
     shots: int = Field(5, ge=1)
     draws: int = Field(10, ge=1)
     every: int = Field(1, ge=1, description="evaluate every N rounds (and always the last)")
+    split: Literal["test", "validation"] = Field("test", description="the split scores are reported on; "
+                                                 "\"validation\" in tuning trials, which never read a test split")
     keep: Literal["last", "best"] = Field("last", description="the model a run ends with: its last round's, or "
                                           "its best round's on validation")
     patience: int = Field(0, ge=0, description="with keep = best: stop after this many evaluations without a "
@@ -251,6 +255,8 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _selection_needs_validation(self) -> "ExperimentConfig":
+        if self.eval.split == "validation" and self.data.validation_fraction == 0:
+            raise ValueError("eval.split = \"validation\" needs a validation split: set data.validation_fraction > 0")
         if self.eval.keep == "best" and self.data.validation_fraction == 0:
             raise ValueError("eval.keep = \"best\" selects on validation: set data.validation_fraction > 0")
         if self.eval.keep == "best" and (self.data.held_out or self.data.leave_one_out):
@@ -342,6 +348,28 @@ def load_config(
     elif raw.get("data", {}).get("dir"):
         raw["data"]["dir"] = str(Path(raw["data"]["dir"]).resolve())
     return _validate(raw, str(path))
+
+
+def with_settings(cfg: ExperimentConfig, values: dict[str, Any], source: str) -> ExperimentConfig:
+    """``cfg`` with dotted settings replaced, validated again. ``model.hidden`` may be given a width:
+    every hidden layer gets it."""
+    raw = json.loads(cfg.to_json())
+    for key, value in values.items():
+        if key == "model.hidden" and isinstance(value, int):
+            value = [value] * len(cfg.model.hidden)
+        *parents, leaf = key.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return _validate(raw, source)
+
+
+def config_toml(cfg: ExperimentConfig) -> str:
+    """The config as TOML that ``load_config`` reads back to the same config."""
+    import tomli_w
+
+    return tomli_w.dumps(json.loads(cfg.model_dump_json(exclude_none=True)))
 
 
 def config_from_json(text: str) -> ExperimentConfig:

@@ -17,7 +17,8 @@ from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Hospital
 from fedmeta.meta.functional import Params, adapt, per_episode_copies
 
-__all__ = ["Score", "score_params", "evaluate_few_shot", "mean_score", "NonFiniteModelError"]
+__all__ = ["Score", "score_params", "evaluate_few_shot", "mean_score", "scored_splits", "scores_row",
+           "NonFiniteModelError"]
 
 
 class NonFiniteModelError(ValueError):
@@ -64,6 +65,19 @@ def evaluate_few_shot(
                     create_graph=False)
     draws = [{k: v[i].detach() for k, v in adapted.items()} for i in range(eval_cfg.draws)]
     return {split: mean_score([score_params(model, p, hospital, device, split) for p in draws]) for split in splits}
+
+
+def scored_splits(hospital: Hospital, eval_cfg: EvalConfig) -> tuple[str, ...]:
+    """The reported split (``eval.split``), then validation when it is another one that exists."""
+    extra = ("validation",) if eval_cfg.split != "validation" and len(hospital.y_val) else ()
+    return (eval_cfg.split, *extra)
+
+
+def scores_row(scores: dict[str, Score], role: str, eval_cfg: EvalConfig) -> dict[str, float | str]:
+    """One hospital's row: AUC/accuracy on the reported split, and validation ones (``val_*``)."""
+    val = scores.get("validation")
+    return {**scores[eval_cfg.split].as_dict(),
+            **({"val_auc": val.auc, "val_accuracy": val.accuracy} if val else {}), "role": role}
 
 
 def mean_score(scores: list[Score]) -> Score:

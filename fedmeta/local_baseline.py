@@ -16,11 +16,15 @@ from torch import nn
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Federation, Hospital
-from fedmeta.evaluation import Score, mean_score, score_params
+from fedmeta.evaluation import Score, mean_score, score_params, scored_splits, scores_row
 from fedmeta.meta.functional import loss_fn, params_of
 from fedmeta.models import build_model
+from fedmeta.tuning.space import LOCAL_SPACE, SearchSpace
 
-__all__ = ["train_alone", "run_local_baseline", "scores_row", "splits_of"]
+__all__ = ["train_alone", "run_local_baseline"]
+
+
+SEARCH_SPACE: SearchSpace = LOCAL_SPACE  # its rate, steps ("epochs"), weight decay and width
 
 
 def train_alone(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: ExperimentConfig,
@@ -38,17 +42,6 @@ def train_alone(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: ExperimentC
     return {k: v.detach() for k, v in params.items()}
 
 
-def splits_of(h: Hospital) -> tuple[str, ...]:
-    return ("test", "validation") if len(h.y_val) else ("test",)
-
-
-def scores_row(scores: dict[str, Score], role: str) -> dict[str, float | str]:
-    """One hospital's row: test AUC/accuracy, validation ones when there is a validation split."""
-    val = scores.get("validation")
-    return {**scores["test"].as_dict(), **({"val_auc": val.auc, "val_accuracy": val.accuracy} if val else {}),
-            "role": role}
-
-
 def _score_held_out(model: nn.Module, h: Hospital, cfg: ExperimentConfig) -> dict[str, Score]:
     rng = np.random.default_rng([cfg.seed, 7_919])  # the same draws as evaluate_few_shot
     draws = []
@@ -56,7 +49,7 @@ def _score_held_out(model: nn.Module, h: Hospital, cfg: ExperimentConfig) -> dic
         idx = sample_k_shot(h.y_train, cfg.eval.shots, rng)
         draws.append(train_alone(model, h.x_train[idx], h.y_train[idx], cfg, np.random.default_rng([cfg.seed, 3])))
     cpu = torch.device("cpu")
-    return {s: mean_score([score_params(model, p, h, cpu, s) for p in draws]) for s in splits_of(h)}
+    return {s: mean_score([score_params(model, p, h, cpu, s) for p in draws]) for s in scored_splits(h, cfg.eval)}
 
 
 def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict[str, float | str]]:
@@ -66,9 +59,9 @@ def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict
     out: dict[str, dict[str, float | str]] = {}
     for i, h in enumerate(fed.hospitals):
         if h.name in held:
-            out[h.name] = scores_row(_score_held_out(model, h, cfg), "held-out")
+            out[h.name] = scores_row(_score_held_out(model, h, cfg), "held-out", cfg.eval)
         else:
             params = train_alone(model, h.x_train, h.y_train, cfg, np.random.default_rng([cfg.seed, i]))
-            scores = {s: score_params(model, params, h, torch.device("cpu"), s) for s in splits_of(h)}
-            out[h.name] = scores_row(scores, "train")
+            scores = {s: score_params(model, params, h, torch.device("cpu"), s) for s in scored_splits(h, cfg.eval)}
+            out[h.name] = scores_row(scores, "train", cfg.eval)
     return out

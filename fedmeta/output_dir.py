@@ -129,11 +129,13 @@ def _clean_failed(out: Path, created: list[Path], err: BaseException) -> None:
 
 
 @contextmanager
-def claimed_output_dir(out: Path, *, resume: bool = False, flag: str = "--out") -> Iterator[Path]:
+def claimed_output_dir(out: Path, *, resume: bool = False, flag: str = "--out",
+                       resumable: str = "") -> Iterator[Path]:
     """Claim ``out`` for this run and yield it (resolved); see the module docstring.
 
     ``resume``: ``out`` is the directory of a killed run; take its claim over unless the run that
-    holds it is still alive. A resumed run that fails keeps everything (it stays resumable).
+    holds it is still alive. A resumed run that fails keeps everything (it stays resumable), and so
+    does a run that fails once its ``resumable`` file exists (a tune's study).
     """
     shown, out = str(out), out.resolve()
     created: list[Path] = []
@@ -154,7 +156,7 @@ def claimed_output_dir(out: Path, *, resume: bool = False, flag: str = "--out") 
         yield out
     except BaseException as err:
         try:
-            if resume:
+            if resume or (resumable and (out / resumable).is_file()):
                 (out / CLAIM).unlink(missing_ok=True)
             else:
                 _clean_failed(out, created, err)

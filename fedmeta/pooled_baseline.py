@@ -14,11 +14,17 @@ import torch
 
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.hospital import Federation
-from fedmeta.evaluation import evaluate_few_shot
-from fedmeta.local_baseline import scores_row, splits_of, train_alone
+from fedmeta.evaluation import evaluate_few_shot, scored_splits, scores_row
+from fedmeta.local_baseline import train_alone
 from fedmeta.models import build_model
+from fedmeta.tuning.space import LOCAL_SPACE, Param, SearchSpace
 
 __all__ = ["pooled_params", "run_pooled_baseline"]
+
+
+# The centralised fit's settings, and each hospital's adaptation of the pooled model.
+SEARCH_SPACE: SearchSpace = (*LOCAL_SPACE, Param("meta.inner_lr", 0.01, 1.0, log=True),
+                             Param("meta.inner_steps", 1, 10, integer=True))
 
 
 def pooled_params(fed: Federation, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
@@ -39,6 +45,6 @@ def run_pooled_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dic
     out: dict[str, dict[str, float | str]] = {}
     for h in fed.hospitals:
         scores = evaluate_few_shot(model, params, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
-                                   device=torch.device("cpu"), splits=splits_of(h))
-        out[h.name] = scores_row(scores, "held-out" if h.name in held else "train")
+                                   device=torch.device("cpu"), splits=scored_splits(h, cfg.eval))
+        out[h.name] = scores_row(scores, "held-out" if h.name in held else "train", cfg.eval)
     return out

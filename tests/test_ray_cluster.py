@@ -6,60 +6,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from fedmeta.cli import main
+from fedmeta.ray_session import cluster_processes, free_ports, stop_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = str(ROOT / "configs" / "ci.toml")
 RAY = Path(sys.executable).parent / "ray"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _processes_of(temp_dir: Path, gcs_port: int) -> list[int]:
-    """The cluster's live processes: each names its temp directory or the head's address."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        ours = any(str(temp_dir) in a or (a.startswith("--address=") and a.endswith(f":{gcs_port}")) for a in args)
-        if ours and state != "Z":
-            pids.append(int(proc.name))
-    return pids
-
-
-def _stop(temp_dir: Path, gcs_port: int) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        for pid in _processes_of(temp_dir, gcs_port):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait_s
-        while _processes_of(temp_dir, gcs_port) and time.monotonic() < deadline:
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +26,7 @@ def ray_cluster():
     """A head node (2 CPUs) and a second node (1 CPU) joined to it, as `ray start` on two machines."""
     # Short path: Ray puts unix sockets under it, and those must stay under 108 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="fedmeta-ray-", dir="/tmp"))
-    gcs, client, agent, dashboard, agent2 = _free_ports(5)
+    gcs, client, agent, dashboard, agent2 = free_ports(5)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     try:
         for args in (["--head", "--num-cpus", "2", "--port", str(gcs), "--temp-dir", str(temp_dir),
@@ -78,8 +37,8 @@ def ray_cluster():
                            capture_output=True, text=True, timeout=180)
         yield f"127.0.0.1:{gcs}", temp_dir
     finally:
-        _stop(temp_dir, gcs)
-        leftover = _processes_of(temp_dir, gcs)
+        stop_cluster(temp_dir, gcs)
+        leftover = cluster_processes(temp_dir, gcs)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not leftover, f"Ray processes still running: {leftover}"
 
@@ -103,7 +62,7 @@ def test_the_simulation_runs_on_an_existing_two_node_ray_cluster(ray_cluster, tm
 
 
 def test_an_address_where_no_cluster_answers_is_one_line(tmp_path, capsys, monkeypatch):
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     assert main(["simulate", CI, "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "a"), "--quiet"]) == 2
     monkeypatch.setenv("RAY_ADDRESS", "nowhere")
     assert main(["simulate", CI, "--out", str(tmp_path / "b"), "--quiet"]) == 2

@@ -21,7 +21,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.data.hospital import Hospital
 from fedmeta.data.sources import load_federation, load_hospital
 from fedmeta.errors import FedMetaError
-from fedmeta.evaluation import NonFiniteModelError, evaluate_few_shot, score_params
+from fedmeta.evaluation import NonFiniteModelError, evaluate_few_shot, score_params, scored_splits
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
 from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT, LEDGER_INVALID, POLICY_REFUSED
 from fedmeta.flower.run_config import config_from_run_config
@@ -202,16 +202,15 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
             return received
         model, params = received
         server_round = int(msg.content["config"].get("server-round", 0))
-        splits = ("test", "validation") if len(site.hospital.y_val) else ("test",)
-        try:
+        try:  # the reported split (test; validation in tuning trials) and validation for model selection
             scores = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
-                                       seed=cfg.seed, device=site.device, splits=splits)
-            unadapted = score_params(model, params, site.hospital, site.device)
+                                       seed=cfg.seed, device=site.device, splits=scored_splits(site.hospital, cfg.eval))
+            unadapted = score_params(model, params, site.hospital, site.device, cfg.eval.split)
         except NonFiniteModelError as err:
             return Message(Error(code=EVAL_FAILED, reason=str(err)), reply_to=msg)
-        score, val = scores["test"], scores.get("validation")
+        score, val = scores[cfg.eval.split], scores.get("validation")
         metrics = MetricRecord({
-            "num-examples": int(site.hospital.y_test.shape[0]),
+            "num-examples": int(site.hospital.split(cfg.eval.split)[1].shape[0]),
             "auc": score.auc,
             "accuracy": score.accuracy,
             "auc-unadapted": unadapted.auc,

@@ -24,6 +24,7 @@ from torch import nn
 
 from fedmeta.data.episodes import EpisodeBatch
 from fedmeta.meta.functional import Params, adapt, episode_losses, per_episode_copies
+from fedmeta.tuning.space import FEDERATED_SPACE, SearchSpace
 
 __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
 
@@ -38,6 +39,7 @@ class MetaAlgorithm(ABC):
     """Per-episode meta-gradients for a meta-batch; one subclass per algorithm."""
 
     name: str
+    search_space: SearchSpace = FEDERATED_SPACE  # what ``fedmeta tune`` may change
 
     @abstractmethod
     def episode_gradients(

@@ -1,0 +1,1 @@
+"""Hyper-parameter tuning on validation data only (``fedmeta tune``, ``fedmeta compare --tune``)."""
