@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def _check_seeds(seeds: list[int]) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     cfg = _load(args)
-    from fedmeta.compare import COMPARED, comparison_markdown, run_comparison
+    from fedmeta.compare import COMPARED, folds, comparison_markdown, run_comparison
     from fedmeta.data.sources import load_federation
     from fedmeta.simulation import simulate
 
@@ -89,11 +90,33 @@ def _compare(args: argparse.Namespace) -> None:
     fed = load_federation(cfg)
     for meta_algorithm in {COMPARED[a] for a in args.algorithms} - {None}:  # each federated run's privacy plan
         check_run(cfg.model_copy(update={"meta": cfg.meta.model_copy(update={"algorithm": meta_algorithm})}), fed)
+    if args.tune is not None:
+        if args.tune < 1:
+            raise FedMetaError(f"--tune: {args.tune} (expected at least 1 trial)")
+        from fedmeta.tuning.protocol import tuning_config
+
+        for _, fold_cfg in folds(cfg):  # a config that cannot be tuned fails before anything runs
+            tuning_config(fold_cfg.model_copy(update={"data": fold_cfg.data.model_copy(
+                update={"leave_one_out": False})}))
     out = Path(args.out) if args.out else _default_out(Path(args.config), "compare")
-    with claimed_output_dir(out) as run_dir:
+    federated = any(COMPARED[a] for a in args.algorithms)
+    from fedmeta.ray_session import local_ray_cluster
+
+    announce = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    with claimed_output_dir(out) as run_dir, (local_ray_cluster() if federated else nullcontext("")) as address:
+        tuner = None
+        if args.tune:
+            from fedmeta.tuning.study import tune
+
+            def tuner(name: str, fold_cfg: ExperimentConfig, where: Path) -> tuple[ExperimentConfig, dict]:
+                where.mkdir(parents=True)
+                summary = tune(fold_cfg, name, args.tune, where, ray_address=address, announce=announce)
+                return load_config(where / "best.toml"), summary
+
         result = run_comparison(cfg, args.algorithms, args.seeds, run_dir,
-                                run_federated=lambda c, d: simulate(c, d, progress=not args.quiet),
-                                announce=lambda line: print(line, file=sys.stderr, flush=True))
+                                run_federated=lambda c, d: simulate(c, d, progress=not args.quiet,
+                                                                    ray_address=address),
+                                announce=announce, tuner=tuner)
     print(comparison_markdown(result))
     print(f"comparison: {out}/comparison.json, {out}/comparison.md")
 
@@ -241,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--algorithms", nargs="+",
                    default=["local", "fedavg", "fedmeta-maml", "fedmeta-fomaml", "fedmeta-reptile"])
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    c.add_argument("--tune", type=int, metavar="N", help="first tune every algorithm (and seed and fold) with N "
+                   "trials on validation data, then run it with its best config")
     c.set_defaults(func=_compare)
     from fedmeta.tuning.command import add_tune_parser
 

@@ -49,7 +49,7 @@ def search_space(name: str) -> SearchSpace:
     return get_algorithm(COMPARED[name]).search_space  # type: ignore[arg-type]
 
 
-def _folds(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
+def folds(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     if not cfg.data.leave_one_out:
         return [("", cfg)]
     names = load_federation(cfg).names
@@ -73,27 +73,40 @@ def _summary(per_hospital: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# Tunes one compared name for one (seed, fold) config into a directory: (best config, tune summary).
+Tuner = Callable[[str, ExperimentConfig, Path], tuple[ExperimentConfig, dict[str, Any]]]
+
+
 def run_comparison(
     cfg: ExperimentConfig, algorithms: list[str], seeds: list[int], out_dir: Path,
     run_federated: Callable[[ExperimentConfig, Path], dict[str, Any]],
-    announce: Callable[[str], None] = lambda line: None,
+    announce: Callable[[str], None] = lambda line: None, tuner: Tuner | None = None,
 ) -> dict[str, Any]:
-    """``algorithm -> seed -> per-hospital metrics`` plus mean/worst-site, and across-seed mean ± std."""
+    """``algorithm -> seed -> per-hospital metrics`` plus mean/worst-site, and across-seed mean ± std.
+
+    With a ``tuner``, every (algorithm, seed, fold) is first tuned on validation with the same budget
+    and then run with its best config; what each tuning chose is kept in the table."""
     unknown = [a for a in algorithms if a not in COMPARED]
     if unknown:
         raise FedMetaError(f"--algorithms: unknown {unknown} (expected some of {', '.join(COMPARED)})")
     table: dict[str, Any] = {}
-    n_folds = len(_folds(cfg))
+    n_folds = len(folds(cfg))
     total, done = len(algorithms) * len(seeds) * n_folds, 0
     for algo in algorithms:
-        table[algo] = {"seeds": {}}
+        table[algo] = {"seeds": {}, **({"tuning": {}} if tuner else {})}
         for seed in seeds:
             seeded = cfg.model_copy(update={"seed": seed})
             per_hospital: dict[str, dict[str, Any]] = {}
             missing: list[str] = []
-            for fold, fold_cfg in _folds(seeded):
+            for fold, fold_cfg in folds(seeded):
                 done += 1
                 announce(f"[{done}/{total}] {algo}, seed {seed}" + (f", {fold} held out" if fold else ""))
+                if tuner is not None:
+                    where = f"seed{seed}" + (f"-fold-{fold}" if fold else "")
+                    fold_cfg, summary = tuner(algo, fold_cfg.model_copy(update={"data": fold_cfg.data.model_copy(
+                        update={"leave_one_out": False})}), out_dir / "tuning" / algo / where)
+                    table[algo]["tuning"][where] = {k: summary[k] for k in ("best", "completed", "pruned", "failed",
+                                                                              "trials", "seconds")}
                 if algo in BASELINES:
                     res = BASELINES[algo](load_federation(fold_cfg), fold_cfg)
                 else:
@@ -112,6 +125,7 @@ def run_comparison(
     for algo, paired in paired_table(table).items():
         table[algo]["paired"] = paired
     result = {
+        "tuning_trials": next((t["trials"] for row in table.values() for t in row.get("tuning", {}).values()), 0),
         "mode": "leave-one-hospital-out" if cfg.data.leave_one_out else
                 ("unseen hospitals" if cfg.data.held_out else "personalisation"),
         "seeds": seeds,
@@ -131,6 +145,22 @@ def _interval(d: dict[str, Any]) -> str:
     if d["seeds"] < 2:
         return f"{d['mean']:+.3f} (one seed: no interval)"
     return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _tuning_lines(result: dict[str, Any]) -> list[str]:
+    tuned = {name: row["tuning"] for name, row in result["algorithms"].items() if row.get("tuning")}
+    if not tuned:
+        return ["", "Not tuned: every algorithm ran with the config's settings."]
+    lines = ["", f"Tuned on validation only ({result['tuning_trials']} trials per algorithm, seed and fold; Optuna TPE, "
+             "median pruner): the mean best validation AUC, and what the first tuning chose (all of them in "
+             "comparison.json).", "", "| algorithm | validation AUC | chosen settings |", "|---|---|---|"]
+    for name, runs in tuned.items():
+        first = next(iter(runs.values()))["best"]
+        val = np.mean([r["best"]["validation_auc"] for r in runs.values()])
+        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in sorted(first["settings"].items()))
+        lines.append(f"| {name} | {val:.3f} | {chosen} |")
+    return lines
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:
@@ -153,6 +183,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
                   "| algorithm | Δ mean AUC | Δ worst-site AUC |", "|---|---|---|"]
         for name, p in paired.items():
             lines.append(f"| {name} | " + " | ".join(_interval(p[m]) for m in ("mean_auc", "worst_auc")) + " |")
+    lines += _tuning_lines(result)
     missing = [f"{name} seed {seed}: {', '.join(s['missing'])}" for name, row in algos.items()
                for seed, s in row["seeds"].items() if s.get("missing")]
     if missing:
