@@ -49,6 +49,10 @@ def search_space(name: str) -> SearchSpace:
     return get_algorithm(COMPARED[name]).search_space  # type: ignore[arg-type]
 
 
+def all_search_keys() -> frozenset[str]:
+    return frozenset(p.key for name in COMPARED for p in search_space(name))
+
+
 def folds(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     if not cfg.data.leave_one_out:
         return [("", cfg)]

@@ -78,15 +78,21 @@ LOCAL_SPACE: SearchSpace = (
 )
 
 
-def resolve_space(space: SearchSpace, cfg: ExperimentConfig, algorithm: str) -> tuple[SearchSpace, dict[str, Any]]:
-    """The params to sample and the fixed settings, after ``cfg.tune.space`` (checked here)."""
+def resolve_space(space: SearchSpace, cfg: ExperimentConfig, algorithm: str,
+                  others: frozenset[str] = frozenset()) -> tuple[SearchSpace, dict[str, Any]]:
+    """The params to sample and the fixed settings, after ``cfg.tune.space`` (checked here). A key
+    of another algorithm's space (``others``) is not this one's business: one config may narrow the
+    spaces of all the algorithms a comparison tunes."""
     fixed: dict[str, Any] = {}
     params = [p for p in space if not (p.key == "model.hidden" and not cfg.model.hidden)]
     keys = {p.key for p in params}
     for key, value in cfg.tune.space.items():
         where = f"tune.space.{key}"
+        if key not in keys and key in others:
+            continue
         if key not in keys:
-            raise FedMetaError(f"{where}: not in {algorithm}'s search space (it has {', '.join(sorted(keys))})")
+            raise FedMetaError(f"{where}: not in {algorithm}'s search space (it has {', '.join(sorted(keys))}) "
+                               "nor in any other")
         if isinstance(value, list):
             params = [p.narrowed(value, where) if p.key == key else p for p in params]
         else:

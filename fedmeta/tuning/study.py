@@ -63,12 +63,12 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
     """Tune compared method ``name`` (``local``, ``fedavg``, ``fedmeta-maml``, ...) on validation."""
     import optuna
 
-    from fedmeta.compare import BASELINES, COMPARED, search_space
+    from fedmeta.compare import BASELINES, COMPARED, all_search_keys, search_space
     from fedmeta.ray_session import local_ray_cluster
 
     if name not in COMPARED:
         raise FedMetaError(f"--algorithm: unknown {name!r} (expected one of {', '.join(COMPARED)})")
-    params, fixed = resolve_space(search_space(name), cfg, name)
+    params, fixed = resolve_space(search_space(name), cfg, name, all_search_keys())
     base = tuning_config(cfg)
     with_settings(base, fixed, "tune.space")  # a fixed value that cannot run fails before any trial
     study = _open_study(cfg, name, out_dir, resume)

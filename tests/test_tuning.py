@@ -1,0 +1,148 @@
+"""``fedmeta tune`` and ``compare --tune``: a tiny study end to end, resumed; search spaces and
+their narrowing; and the proof that tuning reads no test split and no evaluated hospital."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.model_selection import train_test_split
+
+from fedmeta.cli import main
+from fedmeta.compare import search_space
+from fedmeta.config import load_config
+from fedmeta.data.synthetic import generate_synthetic
+from fedmeta.errors import FedMetaError
+from fedmeta.tuning.space import resolve_space
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = str(ROOT / "configs" / "ci.toml")
+VAL = "data.validation_fraction=0.25"
+FAST_LOCAL = "tune.space={\"local.steps\" = [20, 100]}"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_tiny_tune_runs_end_to_end_writes_a_config_simulate_accepts_and_resumes(tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert main(["tune", CI, "--algorithm", "local", "--trials", "2", "--set", VAL, "--set", FAST_LOCAL,
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "local trial 1/2: validation AUC" in err and "local trial 2/2" in err
+    for name in ("best.toml", "trials.csv", "history.png", "tune.json", "study.db"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "tune.json").read_text())
+    best = load_config(out / "best.toml")
+    assert json.loads(best.to_json()) == summary["config"]
+    for key, value in summary["best"]["settings"].items():  # the chosen values are in the config
+        section, name = key.split(".")
+        got = getattr(getattr(best, section), name)
+        assert got == ([value] * len(got) if key == "model.hidden" else value)
+    rows = _rows(out / "trials.csv")
+    assert [r["state"] for r in rows] == ["complete", "complete"]
+    assert max(float(r["validation_auc"]) for r in rows) == summary["best"]["validation_auc"]
+    # Interrupted tunes continue: two more trials in the same study, the first two untouched.
+    assert main(["tune", CI, "--algorithm", "local", "--trials", "4", "--set", VAL, "--set", FAST_LOCAL,
+                 "--resume", str(out)]) == 0
+    assert "2 of 4 trials already done" in capsys.readouterr().err
+    again = _rows(out / "trials.csv")
+    assert len(again) == 4 and again[:2] == rows
+    # ... only with the same algorithm and config.
+    assert main(["tune", CI, "--algorithm", "local", "--trials", "5", "--set", VAL, "--set", FAST_LOCAL, "--set", "seed=3",
+                 "--resume", str(out)]) == 2
+    assert "with another config" in capsys.readouterr().err
+
+
+def test_search_spaces_are_declared_per_algorithm_and_a_config_narrows_or_fixes_them():
+    cfg = load_config(CI, [VAL])
+    params, fixed = resolve_space(search_space("fedmeta-maml"), cfg, "fedmeta-maml")
+    keys = [p.key for p in params]
+    assert {"meta.inner_lr", "meta.inner_steps", "meta.outer_lr", "meta.outer_steps", "meta.meta_batch",
+            "server.optimizer", "server.lr", "server.weight_decay", "model.hidden"} == set(keys) and not fixed
+    assert keys.count("server.lr") == 2  # one range per server optimizer
+    assert {p.key for p in search_space("local")} == {"local.lr", "local.steps", "local.weight_decay", "model.hidden"}
+    narrowed = load_config(CI, [VAL, "tune.space={\"meta.inner_lr\" = [0.05, 0.1], \"server.optimizer\" = \"sgd\"}"])
+    params, fixed = resolve_space(search_space("fedavg"), narrowed, "fedavg")
+    assert resolve_space(search_space("fedavg"), load_config(CI, [VAL, FAST_LOCAL]), "fedavg",
+                         frozenset({"local.steps"}))[1] == {}  # another algorithm's key: ignored here
+    inner = next(p for p in params if p.key == "meta.inner_lr")
+    assert (inner.low, inner.high) == (0.05, 0.1) and fixed == {"server.optimizer": "sgd"}
+    assert [p.only_if for p in params if p.key == "server.lr"] == [("server.optimizer", "sgd"),
+                                                                   ("server.optimizer", "adam")]
+    # A model without hidden layers has no width to tune; unknown or malformed entries are one line.
+    linear = load_config(CI, [VAL, "model.hidden=[]"])
+    assert "model.hidden" not in {p.key for p in resolve_space(search_space("local"), linear, "local")[0]}
+    for space, message in (("{\"meta.inner_lr\" = [0.1]}", "expected a value or \\[low, high\\]"),
+                           ("{\"local.nope\" = 0.1}", "not in fedavg's search space")):
+        with pytest.raises(FedMetaError, match=message):
+            resolve_space(search_space("fedavg"), load_config(CI, [VAL, f"tune.space={space}"]), "fedavg")
+
+
+def _write_csvs(directory: Path, *, garbage: bool) -> None:
+    """ci.toml's synthetic hospitals as CSV files. ``garbage``: every hospital's test rows get noise
+    for features (the split depends only on the labels, which stay) and hospital-05, the evaluated
+    one, gets noise for everything."""
+    cfg = load_config(CI)
+    rng = np.random.default_rng(99)
+    directory.mkdir()
+    for site in generate_synthetic(cfg.data.synthetic, cfg.seed):
+        x, y = site.x.copy(), site.y.copy()
+        if garbage:
+            test = train_test_split(np.arange(len(y)), test_size=cfg.data.test_fraction, stratify=y,
+                                    random_state=cfg.seed)[1]
+            x[test] = rng.normal(size=(len(test), x.shape[1])) * 50
+            if site.name == "hospital-05":
+                x, y = rng.normal(size=x.shape), rng.permutation(y)
+        with (directory / f"{site.name}.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow([*(f"x{i}" for i in range(x.shape[1])), "label"])
+            w.writerows([*map(repr, map(float, row)), str(int(label))] for row, label in zip(x, y))
+
+
+@pytest.mark.parametrize("algorithm", ["local", "fedavg"])
+def test_tuning_reads_no_test_split_and_no_evaluated_hospital(tmp_path, algorithm):
+    results = []
+    for garbage in (False, True):
+        data, out = tmp_path / f"data-{garbage}", tmp_path / f"tune-{garbage}"
+        _write_csvs(data, garbage=garbage)
+        args = ["tune", CI, "--algorithm", algorithm, "--trials", "2", "--data-dir", str(data), "--out", str(out),
+                "--set", "data.source=\"csv\"", "--set", VAL, "--set", "data.held_out=[\"hospital-05\"]",
+                "--set", "federation.rounds=2", "--quiet"] + (["--set", FAST_LOCAL] if algorithm == "local" else [])
+        assert main(args) == 0
+        results.append((_rows(out / "trials.csv"), (out / "best.toml").read_text().replace(str(data), "DIR")))
+    (rows, best), (garbage_rows, garbage_best) = results
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in garbage_rows]
+    assert best == garbage_best
+    # The trials validated on a training hospital standing in for the evaluated one, which they left out.
+    if algorithm == "fedavg":
+        trial = json.loads((tmp_path / "tune-True" / "trials" / "0000" / "results.json").read_text())
+        assert "hospital-05" not in trial["history"]["hospitals"]
+        assert list(trial["history"]["hospitals"].values()).count("held-out") == 1
+
+
+def test_compare_tune_tunes_each_algorithm_and_seed_then_runs_its_best_config(tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", CI, "--algorithms", "local", "fedavg", "--seeds", "0", "--tune", "2", "--set", VAL,
+                 "--set", "federation.rounds=2", "--set", FAST_LOCAL, "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["tuning_trials"] == 2
+    for algo in ("local", "fedavg"):
+        tuned = result["algorithms"][algo]["tuning"]["seed0"]
+        assert tuned["completed"] + tuned["pruned"] + tuned["failed"] == 2
+        best = load_config(out / "tuning" / algo / "seed0" / "best.toml")
+        assert json.loads(best.to_json())["local" if algo == "local" else "meta"] == \
+            json.loads((out / "tuning" / algo / "seed0" / "tune.json").read_text())["config"][
+                "local" if algo == "local" else "meta"]
+    run = json.loads((out / "runs" / "fedavg" / "seed0" / "results.json").read_text())
+    best = load_config(out / "tuning" / "fedavg" / "seed0" / "best.toml")
+    assert run["config"]["meta"] == {**json.loads(best.to_json())["meta"], "algorithm": "fedavg"}
+    assert run["config"]["eval"]["split"] == "test"  # the final runs report test; the trials never did
+    assert "Tuned on validation only (2 trials" in (out / "comparison.md").read_text()
