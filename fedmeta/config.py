@@ -144,6 +144,9 @@ class EvalConfig(_Section):
     every: int = Field(1, ge=1, description="evaluate every N rounds (and always the last)")
     split: Literal["test", "validation"] = Field("test", description="the split scores are reported on; "
                                                  "\"validation\" in tuning trials, which never read a test split")
+    adapt_on: Literal["shots", "all"] = Field("shots", description="how a participating hospital adapts: on k "
+                                              "shots per class, as a new one would, or on its whole train split, "
+                                              "as a hospital that took part would (held-out ones: k shots)")
     keep: Literal["last", "best"] = Field("last", description="the model a run ends with: its last round's, or "
                                           "its best round's on validation")
     patience: int = Field(0, ge=0, description="with keep = best: stop after this many evaluations without a "

@@ -49,21 +49,24 @@ def score_params(model: nn.Module, params: Params, hospital: Hospital, device: t
 
 def evaluate_few_shot(
     model: nn.Module, params: Params, hospital: Hospital, *, eval_cfg: EvalConfig, meta_cfg: MetaConfig,
-    seed: int, device: torch.device, splits: tuple[str, ...] = ("test",),
+    seed: int, device: torch.device, splits: tuple[str, ...] = ("test",), participant: bool = False,
 ) -> dict[str, Score]:
     """Per split, the mean score over ``eval_cfg.draws`` k-shot adaptations (``meta_cfg`` inner
-    steps and lr); every split is scored with the same adapted models."""
+    steps and lr); every split is scored with the same adapted models. A ``participant`` (a hospital
+    that trained) with ``eval.adapt_on = "all"`` adapts once, on its whole train split."""
     rng = np.random.default_rng([seed, 7_919])
     x = torch.as_tensor(hospital.x_train, device=device)
     y = torch.as_tensor(hospital.y_train, device=device)
-    idx = torch.as_tensor(
-        np.stack([sample_k_shot(hospital.y_train, eval_cfg.shots, rng) for _ in range(eval_cfg.draws)]),
-        device=device)
+    if participant and eval_cfg.adapt_on == "all":
+        chosen = [np.arange(hospital.n_train)]
+    else:
+        chosen = [sample_k_shot(hospital.y_train, eval_cfg.shots, rng) for _ in range(eval_cfg.draws)]
+    idx = torch.as_tensor(np.stack(chosen), device=device)
     # All draws adapt at once: one copy of the initialisation per draw.
-    start = per_episode_copies({k: v.to(device) for k, v in params.items()}, eval_cfg.draws)
+    start = per_episode_copies({k: v.to(device) for k, v in params.items()}, len(chosen))
     adapted = adapt(model, start, x[idx], y[idx], steps=meta_cfg.inner_steps, lr=meta_cfg.inner_lr,
                     create_graph=False)
-    draws = [{k: v[i].detach() for k, v in adapted.items()} for i in range(eval_cfg.draws)]
+    draws = [{k: v[i].detach() for k, v in adapted.items()} for i in range(len(chosen))]
     return {split: mean_score([score_params(model, p, hospital, device, split) for p in draws]) for split in splits}
 
 

@@ -3,8 +3,9 @@ train splits — the reference federated-learning papers report. It is NOT feder
 have to leave the hospitals); it bounds what sharing could give.
 
 Each hospital is then scored as the federated methods are: the pooled model adapted on k shots per
-class of its own train split (the same draws, inner steps and rate), so the table compares starting
-points, not protocols. A held-out hospital's data never enters the pool.
+class of its own train split (the same draws, inner steps and rate; with ``eval.adapt_on = "all"`` a
+participating hospital adapts on its whole train split), so the table compares starting points, not
+protocols. A held-out hospital's data never enters the pool.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def run_pooled_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dic
     out: dict[str, dict[str, float | str]] = {}
     for h in fed.hospitals:
         scores = evaluate_few_shot(model, params, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
-                                   device=torch.device("cpu"), splits=scored_splits(h, cfg.eval))
+                                   device=torch.device("cpu"), splits=scored_splits(h, cfg.eval),
+                                   participant=h.name not in held)
         out[h.name] = scores_row(scores, "held-out" if h.name in held else "train", cfg.eval)
     return out

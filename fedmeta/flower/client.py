@@ -204,7 +204,8 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         server_round = int(msg.content["config"].get("server-round", 0))
         try:  # the reported split (test; validation in tuning trials) and validation for model selection
             scores = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
-                                       seed=cfg.seed, device=site.device, splits=scored_splits(site.hospital, cfg.eval))
+                                       seed=cfg.seed, device=site.device, splits=scored_splits(site.hospital, cfg.eval),
+                                       participant=not site.held_out)
             unadapted = score_params(model, params, site.hospital, site.device, cfg.eval.split)
         except NonFiniteModelError as err:
             return Message(Error(code=EVAL_FAILED, reason=str(err)), reply_to=msg)
