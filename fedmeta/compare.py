@@ -42,10 +42,13 @@ COMPARED: dict[str, str | None] = {
 
 
 
+BASELINE_SPACES: dict[str, SearchSpace] = {"local": local_baseline.SEARCH_SPACE, "pooled": pooled_baseline.SEARCH_SPACE}
+
+
 def search_space(name: str) -> SearchSpace:
     """What ``fedmeta tune`` may change for a compared name, as its definition declares it."""
     if name in BASELINES:
-        return {"local": local_baseline.SEARCH_SPACE, "pooled": pooled_baseline.SEARCH_SPACE}[name]
+        return BASELINE_SPACES[name]
     return get_algorithm(COMPARED[name]).search_space  # type: ignore[arg-type]
 
 

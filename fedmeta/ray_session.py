@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,6 +83,10 @@ def local_ray_cluster(num_cpus: int | None = None) -> Iterator[str]:
             "--temp-dir", str(temp_dir), "--include-dashboard", "false", "--dashboard-port", str(dashboard),
             "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
             "--disable-usage-stats"]
+    # A terminated driver must still stop the cluster: SIGTERM unwinds this block (main thread only).
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         done = subprocess.run([*ray_cli(), *args], check=False, env=env, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
@@ -91,3 +96,9 @@ def local_ray_cluster(num_cpus: int | None = None) -> Iterator[str]:
     finally:
         stop_cluster(temp_dir, gcs)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
