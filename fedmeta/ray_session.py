@@ -73,10 +73,10 @@ def stop_cluster(temp_dir: Path, gcs_port: int) -> None:
 
 
 @contextmanager
-def local_ray_cluster(num_cpus: int | None = None) -> Iterator[str]:
+def local_ray_cluster(num_cpus: int | None = None, temp_root: Path | None = None) -> Iterator[str]:
     """A Ray head on this machine for the duration of the block; yields its ``HOST:PORT``."""
     # Short path: Ray puts unix sockets under it, and those must stay under 108 characters.
-    temp_dir = Path(tempfile.mkdtemp(prefix="fedmeta-ray-", dir="/tmp"))
+    temp_dir = Path(tempfile.mkdtemp(prefix="fedmeta-ray-", dir=temp_root or "/tmp"))
     gcs, client, agent, dashboard = free_ports(4)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     args = ["start", "--head", "--num-cpus", str(num_cpus or os.cpu_count() or 1), "--port", str(gcs),

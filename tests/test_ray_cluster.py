@@ -70,3 +70,24 @@ def test_an_address_where_no_cluster_answers_is_one_line(tmp_path, capsys, monke
     assert err[0].startswith(f"fedmeta: error: --ray-address 127.0.0.1:{port}: no Ray cluster answers there (")
     assert err[1] == "fedmeta: error: RAY_ADDRESS nowhere: expected auto or HOST:PORT"
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+
+def test_the_shared_local_cluster_is_stopped_also_when_its_driver_is_terminated():
+    """``fedmeta tune`` and ``compare`` start one Ray cluster for all their runs: a terminated
+    driver must not leave it running."""
+    root = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))  # short: Ray's socket paths live under it
+    script = ("import sys, time\nfrom pathlib import Path\nfrom fedmeta.ray_session import local_ray_cluster\n"
+              f"with local_ray_cluster(1, temp_root=Path({str(root)!r})) as address:\n"
+              "    print(address, flush=True)\n    time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        assert cluster_processes(root, port), "no cluster was started"
+        proc.terminate()
+        assert proc.wait(timeout=60) == 128 + 15
+        assert not cluster_processes(root, port), "the cluster outlived its driver"
+    finally:
+        proc.kill()
+        stop_cluster(root, 0)
+        shutil.rmtree(root, ignore_errors=True)
