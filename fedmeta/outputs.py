@@ -36,7 +36,7 @@ def summarise(per_hospital: dict[str, dict[str, float]], roles: dict[str, str]) 
     return out
 
 
-def plot_metric(history: RunHistory, metric: str, path: Path, title: str) -> None:
+def plot_metric(history: RunHistory, metric: str, path: Path, title: str, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +50,7 @@ def plot_metric(history: RunHistory, metric: str, path: Path, title: str) -> Non
             ax.plot(xs, ys, marker="o", ms=3, ls="-" if role == "train" else "--",
                     label=hospital + (" (held out)" if role != "train" else ""))
     ax.set_xlabel("round")
-    ax.set_ylabel(f"test {'AUC' if metric == 'auc' else metric} after few-shot adaptation")
+    ax.set_ylabel(f"{split} {'AUC' if metric == 'auc' else metric} after few-shot adaptation")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -103,10 +103,11 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
                 if h in r.eval or h in r.train or h in r.missed:
                     ev = r.eval.get(h, {})
                     w.writerow([r.round, h, role, ev.get("auc", ""), ev.get("accuracy", ""),
-                                ev.get("auc_unadapted", ""), ev.get("val_auc", ""), r.train.get(h, {}).get("train-loss", ""),
+                                ev.get("auc_unadapted", ""), ev.get("val_auc", ""),
+                                r.train.get(h, {}).get("train-loss", ""),
                                 ": ".join(r.missed[h].values()) if h in r.missed else ""])
     torch.save(model.state_dict(), out_dir / "model.pt")
     title = f"{cfg.meta.algorithm}, seed {cfg.seed}"
-    plot_metric(history, "auc", out_dir / "auc_per_round.png", title)
-    plot_metric(history, "accuracy", out_dir / "accuracy_per_round.png", title)
+    plot_metric(history, "auc", out_dir / "auc_per_round.png", title, cfg.eval.split)
+    plot_metric(history, "accuracy", out_dir / "accuracy_per_round.png", title, cfg.eval.split)
     return results
