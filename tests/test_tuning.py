@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from fedmeta.compare import search_space
 from fedmeta.config import load_config
 from fedmeta.data.synthetic import generate_synthetic
 from fedmeta.errors import FedMetaError
+from fedmeta.ray_session import local_ray_cluster
 from fedmeta.tuning.space import resolve_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,14 +110,17 @@ def _write_csvs(directory: Path, *, garbage: bool) -> None:
 @pytest.mark.parametrize("algorithm", ["local", "fedavg"])
 def test_tuning_reads_no_test_split_and_no_evaluated_hospital(tmp_path, algorithm):
     results = []
-    for garbage in (False, True):
-        data, out = tmp_path / f"data-{garbage}", tmp_path / f"tune-{garbage}"
-        _write_csvs(data, garbage=garbage)
-        args = ["tune", CI, "--algorithm", algorithm, "--trials", "2", "--data-dir", str(data), "--out", str(out),
-                "--set", "data.source=\"csv\"", "--set", VAL, "--set", "data.held_out=[\"hospital-05\"]",
-                "--set", "federation.rounds=2", "--quiet"] + (["--set", FAST_LOCAL] if algorithm == "local" else [])
-        assert main(args) == 0
-        results.append((_rows(out / "trials.csv"), (out / "best.toml").read_text().replace(str(data), "DIR")))
+    # Both tunes on one Ray cluster; a federated trial costs seconds, so it gets one trial.
+    with local_ray_cluster() if algorithm == "fedavg" else nullcontext("") as address:
+        for garbage in (False, True):
+            data, out = tmp_path / f"data-{garbage}", tmp_path / f"tune-{garbage}"
+            _write_csvs(data, garbage=garbage)
+            args = ["tune", CI, "--algorithm", algorithm, "--trials", "2" if algorithm == "local" else "1",
+                    "--data-dir", str(data), "--out", str(out), "--set", "data.source=\"csv\"", "--set", VAL,
+                    "--set", "data.held_out=[\"hospital-05\"]", "--set", "federation.rounds=2", "--quiet",
+                    *(["--set", FAST_LOCAL] if algorithm == "local" else ["--ray-address", address])]
+            assert main(args) == 0
+            results.append((_rows(out / "trials.csv"), (out / "best.toml").read_text().replace(str(data), "DIR")))
     (rows, best), (garbage_rows, garbage_best) = results
     drop = ("seconds",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows] == \
