@@ -114,6 +114,10 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
         announce(f"{name} trial {trial.number + 1}/{trials}: {value}; {best}; {secs:.1f}s")
 
     federated = name not in BASELINES
+    if federated and cfg.privacy.mode != "none":
+        announce(f"privacy: each of the {trials} trials is a separate {cfg.privacy.mode}-level DP training on the same "
+                 "records, with its own ledger under trials/; their epsilons add up and no single ledger holds "
+                 "the sum (docs/tuning.md)")
     remaining = max(0, trials - len(done))
     if resume:
         announce(f"{name}: {len(done)} of {trials} trials already done")
