@@ -56,8 +56,8 @@ def test_a_tiny_tune_runs_end_to_end_writes_a_config_simulate_accepts_and_resume
     again = _rows(out / "trials.csv")
     assert len(again) == 4 and again[:2] == rows
     # ... only with the same algorithm and config.
-    assert main(["tune", CI, "--algorithm", "local", "--trials", "5", "--set", VAL, "--set", FAST_LOCAL, "--set", "seed=3",
-                 "--resume", str(out)]) == 2
+    assert main(["tune", CI, "--algorithm", "local", "--trials", "5", "--set", VAL, "--set", FAST_LOCAL,
+                 "--set", "seed=3", "--resume", str(out)]) == 2
     assert "with another config" in capsys.readouterr().err
 
 
@@ -104,7 +104,7 @@ def _write_csvs(directory: Path, *, garbage: bool) -> None:
         with (directory / f"{site.name}.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow([*(f"x{i}" for i in range(x.shape[1])), "label"])
-            w.writerows([*map(repr, map(float, row)), str(int(label))] for row, label in zip(x, y))
+            w.writerows([*map(repr, map(float, row)), str(int(label))] for row, label in zip(x, y, strict=True))
 
 
 @pytest.mark.parametrize("algorithm", ["local", "fedavg"])

@@ -40,7 +40,7 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)  # type: ignore[arg-type]
         return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)  # type: ignore[arg-type]
 
-    def narrowed(self, value: Any, where: str) -> "Param":
+    def narrowed(self, value: Any, where: str) -> Param:
         if self.choices:
             if not isinstance(value, list) or not value:
                 raise FedMetaError(f"{where}: expected a value or a non-empty list of choices, got {value!r}")
