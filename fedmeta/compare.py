@@ -38,11 +38,10 @@ COMPARED: dict[str, str | None] = {
     "fedmeta-fomaml": "fomaml",
     "fedmeta-reptile": "reptile",
 }
-
-
-
-
-BASELINE_SPACES: dict[str, SearchSpace] = {"local": local_baseline.SEARCH_SPACE, "pooled": pooled_baseline.SEARCH_SPACE}
+BASELINE_SPACES: dict[str, SearchSpace] = {
+    "local": local_baseline.SEARCH_SPACE,
+    "pooled": pooled_baseline.SEARCH_SPACE,
+}
 
 
 def search_space(name: str) -> SearchSpace:
@@ -57,13 +56,16 @@ def all_search_keys() -> frozenset[str]:
 
 
 def folds(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
+    """``[("", cfg)]``, or in leave-one-out mode one plain held-out config per hospital."""
     if not cfg.data.leave_one_out:
         return [("", cfg)]
     names = load_federation(cfg).names
-    return [(h, cfg.model_copy(update={"data": cfg.data.model_copy(update={"held_out": [h]})})) for h in names]
+    return [(h, cfg.model_copy(update={"data": cfg.data.model_copy(update={"held_out": [h], "leave_one_out": False})}))
+            for h in names]
 
 
-def _counted(per_hospital: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def counted(per_hospital: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The hospitals a run is judged on: the held-out ones when any are held out, else all."""
     held = {h: m for h, m in per_hospital.items() if m["role"] == "held-out"}
     return held or per_hospital
 
@@ -110,8 +112,7 @@ def run_comparison(
                 announce(f"[{done}/{total}] {algo}, seed {seed}" + (f", {fold} held out" if fold else ""))
                 if tuner is not None:
                     where = f"seed{seed}" + (f"-fold-{fold}" if fold else "")
-                    fold_cfg, summary = tuner(algo, fold_cfg.model_copy(update={"data": fold_cfg.data.model_copy(
-                        update={"leave_one_out": False})}), out_dir / "tuning" / algo / where)
+                    fold_cfg, summary = tuner(algo, fold_cfg, out_dir / "tuning" / algo / where)
                     table[algo]["tuning"][where] = {k: summary[k] for k in ("best", "completed", "pruned", "failed",
                                                                               "trials", "seconds")}
                 if algo in BASELINES:
@@ -123,7 +124,7 @@ def run_comparison(
                     run = run_federated(run_cfg, run_dir)
                     res = run["final"]
                     missing += [h for h in run.get("final_missing", []) if not fold or h == fold]
-                per_hospital.update(_counted(res))
+                per_hospital.update(counted(res))
             table[algo]["seeds"][str(seed)] = {**_summary(per_hospital), "missing": missing}
         s = table[algo]["seeds"].values()
         for key in ("mean_auc", "worst_auc", "mean_accuracy"):
@@ -158,8 +159,8 @@ def _tuning_lines(result: dict[str, Any]) -> list[str]:
     tuned = {name: row["tuning"] for name, row in result["algorithms"].items() if row.get("tuning")}
     if not tuned:
         return ["", "Not tuned: every algorithm ran with the config's settings."]
-    lines = ["", f"Tuned on validation only ({result['tuning_trials']} trials per algorithm, seed and fold; Optuna TPE, "
-             "median pruner): the mean best validation AUC, and what the first tuning chose (all of them in "
+    lines = ["", f"Tuned on validation only ({result['tuning_trials']} trials per algorithm, seed and fold; Optuna "
+             "TPE, median pruner): the mean best validation AUC, and what the first tuning chose (all of them in "
              "comparison.json).", "", "| algorithm | validation AUC | chosen settings |", "|---|---|---|"]
     for name, runs in tuned.items():
         first = next(iter(runs.values()))["best"]

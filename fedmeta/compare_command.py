@@ -45,8 +45,7 @@ def _compare(args: argparse.Namespace, load: Callable[[argparse.Namespace], Expe
         from fedmeta.tuning.protocol import tuning_config
 
         for _, fold_cfg in folds(cfg):  # a config that cannot be tuned fails before anything runs
-            tuning_config(fold_cfg.model_copy(update={"data": fold_cfg.data.model_copy(
-                update={"leave_one_out": False})}))
+            tuning_config(fold_cfg)
     out = Path(args.out) if args.out else default_out(Path(args.config), "compare")
     federated = any(COMPARED[a] for a in args.algorithms)
     from fedmeta.ray_session import local_ray_cluster

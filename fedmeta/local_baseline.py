@@ -55,6 +55,7 @@ def _score_held_out(model: nn.Module, h: Hospital, cfg: ExperimentConfig) -> dic
 def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict[str, float | str]]:
     """Per-hospital test metrics of hospitals that never share anything."""
     model = build_model(cfg.model, fed.n_features, cfg.seed)
+    cpu = torch.device("cpu")
     held = set(cfg.data.held_out)
     out: dict[str, dict[str, float | str]] = {}
     for i, h in enumerate(fed.hospitals):
@@ -62,6 +63,6 @@ def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict
             out[h.name] = scores_row(_score_held_out(model, h, cfg), "held-out", cfg.eval)
         else:
             params = train_alone(model, h.x_train, h.y_train, cfg, np.random.default_rng([cfg.seed, i]))
-            scores = {s: score_params(model, params, h, torch.device("cpu"), s) for s in scored_splits(h, cfg.eval)}
+            scores = {s: score_params(model, params, h, cpu, s) for s in scored_splits(h, cfg.eval)}
             out[h.name] = scores_row(scores, "train", cfg.eval)
     return out

@@ -53,22 +53,18 @@ def tuning_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return with_settings(cfg, settings, "tune")
 
 
-def _counted_mean(per_hospital: dict[str, dict[str, Any]]) -> float:
-    held = [m for m in per_hospital.values() if m["role"] == "held-out"]
-    return float(np.mean([m["val_auc"] for m in held or per_hospital.values()]))
-
-
 def validation_score(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_address: str,
                      on_validation: Callable[[int, float], bool]) -> tuple[float, int]:
     """The trial's validation AUC and its best round (0 for a baseline, which has no rounds)."""
-    from fedmeta.compare import BASELINES, COMPARED
+    from fedmeta.compare import BASELINES, COMPARED, counted
     from fedmeta.data.sources import load_federation
     from fedmeta.evaluation import NonFiniteModelError
     from fedmeta.simulation import simulate
 
     try:
         if name in BASELINES:
-            return _counted_mean(BASELINES[name](load_federation(cfg), cfg)), 0
+            rows = counted(BASELINES[name](load_federation(cfg), cfg))
+            return float(np.mean([m["val_auc"] for m in rows.values()])), 0
         run_cfg = with_settings(cfg, {"meta.algorithm": COMPARED[name]}, "tune")
         results = simulate(run_cfg, run_dir, progress=False, ray_address=ray_address, on_validation=on_validation)
     except (FedMetaError, NonFiniteModelError) as err:
