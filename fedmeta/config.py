@@ -71,6 +71,8 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.3, gt=0, lt=1)
     validation_fraction: float = Field(0.0, ge=0, lt=1, description="part of each hospital's train split kept "
                                        "for model selection (per site, stratified); 0 = none")
+    validation_draw: int = Field(0, ge=0, description="which validation split: 0 is the one every run uses; "
+                                 "tuning averages draws 0..tune.validation_draws-1")
     held_out: list[str] = Field(default_factory=list)
     leave_one_out: bool = False
     excluded: list[str] = Field(default_factory=list, description="hospitals left out of the run entirely (tuning "
@@ -238,6 +240,10 @@ class TuneConfig(_Section):
 
     space: dict[str, Any] = Field(default_factory=dict)
     validation_hospitals: int = Field(1, ge=1)
+    validation_draws: int = Field(1, ge=1, description="each trial is repeated on this many validation splits (and "
+                                  "stand-in hospitals) and scored by their mean: a small split is a noisy judge")
+    refit: bool = Field(True, description="best.toml trains on the whole train split (no validation part), as a "
+                        "plain script refits its chosen model")
     warmup_rounds: int = Field(5, ge=0, description="rounds before the pruner may stop a trial")
 
 

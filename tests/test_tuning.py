@@ -86,6 +86,44 @@ def test_search_spaces_are_declared_per_algorithm_and_a_config_narrows_or_fixes_
             resolve_space(search_space("fedavg"), load_config(CI, [VAL, f"tune.space={space}"]), "fedavg")
 
 
+def test_validation_draws_score_a_trial_by_their_mean_and_the_best_config_refits(tmp_path):
+    from fedmeta.compare import BASELINES, counted
+    from fedmeta.config import with_settings
+    from fedmeta.data.sources import load_federation
+    from fedmeta.tuning.protocol import tuning_config
+
+    out = tmp_path / "tune"
+    assert main(["tune", CI, "--algorithm", "local", "--trials", "2", "--set", VAL, "--set", FAST_LOCAL,
+                 "--set", "tune.validation_draws=2", "--out", str(out), "--quiet"]) == 0
+    cfg = load_config(CI, [VAL, FAST_LOCAL, "tune.validation_draws=2"])
+    for row in _rows(out / "trials.csv"):
+        settings = {k: (int(row[k]) if k in ("local.steps", "model.hidden") else float(row[k]))
+                    for k in ("local.lr", "local.steps", "local.weight_decay", "model.hidden")}
+        per_draw = []
+        for draw in (0, 1):
+            trial_cfg = with_settings(tuning_config(cfg, draw), settings, "test")
+            rows = counted(BASELINES["local"](load_federation(trial_cfg), trial_cfg))
+            per_draw.append(np.mean([m["val_auc"] for m in rows.values()]))
+        assert per_draw[0] != per_draw[1]
+        assert float(row["validation_auc"]) == pytest.approx(np.mean(per_draw), abs=1e-12)
+    # The chosen config trains on the whole train split; tune.refit = false keeps the validation part.
+    assert load_config(out / "best.toml").data.validation_fraction == 0
+    kept = tmp_path / "kept"
+    assert main(["tune", CI, "--algorithm", "local", "--trials", "1", "--set", VAL, "--set", FAST_LOCAL,
+                 "--set", "tune.refit=false", "--out", str(kept), "--quiet"]) == 0
+    assert load_config(kept / "best.toml").data.validation_fraction == 0.25
+
+
+def test_each_validation_draw_of_an_unseen_hospital_mode_draws_its_own_stand_ins():
+    from fedmeta.tuning.protocol import tuning_config
+
+    cfg = load_config(CI, [VAL, "data.held_out=[\"hospital-05\"]"])
+    drawn = [tuning_config(cfg, draw).data for draw in range(6)]
+    assert all(d.excluded == ["hospital-05"] and "hospital-05" not in d.held_out for d in drawn)
+    assert [d.validation_draw for d in drawn] == list(range(6))
+    assert len({tuple(d.held_out) for d in drawn}) > 1
+
+
 def _write_csvs(directory: Path, *, garbage: bool) -> None:
     """ci.toml's synthetic hospitals as CSV files. ``garbage``: every hospital's test rows get noise
     for features (the split depends only on the labels, which stay) and hospital-05, the evaluated

@@ -48,6 +48,23 @@ def test_the_validation_split_is_stratified_disjoint_and_scaled_with_train_stati
     assert abs(h.x_train.mean(0)).max() < 1e-5 and abs(h.x_val.mean(0)).max() > 1e-3
 
 
+def test_validation_draws_change_the_validation_split_and_never_the_test_split():
+    site = _site()
+    first = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25)
+    again = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, validation_draw=0)
+    other = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, validation_draw=1)
+    assert np.array_equal(first.x_val, again.x_val)  # draw 0 is the split every run uses
+
+    def raw_ids(h):  # the row id column, undone from each draw's own standardisation
+        every = np.concatenate([h.x_train[:, 0], h.x_val[:, 0], h.x_test[:, 0]]).astype(np.float64)
+        slope, icept = np.polyfit(np.sort(every), np.arange(len(site.y)), 1)
+        return [set(np.rint(p * slope + icept).astype(int).tolist()) for p in (h.x_val[:, 0], h.x_test[:, 0])]
+
+    (val0, test0), (val1, test1) = raw_ids(first), raw_ids(other)
+    assert test0 == test1 and val0 != val1 and len(val0) == len(val1)
+    assert other.y_val.sum() == first.y_val.sum()  # still stratified
+
+
 def test_each_hospital_gets_its_own_validation_split_and_needs_both_classes_in_it():
     cfg = load_config(CI_CONFIG, ["data.validation_fraction=0.25"])
     fed = load_federation(cfg)

@@ -87,9 +87,16 @@ def _stratified(site: RawSite, x: np.ndarray, y: np.ndarray, fraction: float, se
         raise FedMetaError(f"{site.origin}: hospital {site.name!r}: cannot split off its {what}: {err}") from None
 
 
-def preprocess_site(site: RawSite, test_fraction: float, seed: int, validation_fraction: float = 0.0) -> Hospital:
+def validation_state(seed: int, draw: int) -> int:
+    """The random state of validation draw ``draw``: draw 0 is the split every run uses; tuning
+    repeats a trial on further draws (``tune.validation_draws``) to average out a small split."""
+    return seed + 1 if draw == 0 else int(np.random.SeedSequence([seed, draw, 1_000_003]).generate_state(1)[0])
+
+
+def preprocess_site(site: RawSite, test_fraction: float, seed: int, validation_fraction: float = 0.0,
+                    validation_draw: int = 0) -> Hospital:
     """Stratified train/test (and train/validation) split, then median imputation and
-    standardisation fitted on what remains for training."""
+    standardisation fitted on what remains for training. The test split depends on the seed only."""
     y = site.y
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
@@ -105,7 +112,8 @@ def preprocess_site(site: RawSite, test_fraction: float, seed: int, validation_f
     x_tr, x_te, y_tr, y_te = _stratified(site, site.x, y, test_fraction, seed, "test split")
     x_va, y_va = x_tr[:0], y_tr[:0]
     if validation_fraction > 0:
-        x_tr, x_va, y_tr, y_va = _stratified(site, x_tr, y_tr, validation_fraction, seed + 1, "validation split")
+        x_tr, x_va, y_tr, y_va = _stratified(site, x_tr, y_tr, validation_fraction,
+                                             validation_state(seed, validation_draw), "validation split")
     imputer = SimpleImputer(strategy="median", keep_empty_features=True)
     scaler = StandardScaler()
     x_tr = scaler.fit_transform(imputer.fit_transform(x_tr))

@@ -70,7 +70,8 @@ def _load_cached(cfg_json: str) -> Federation:
     if both := set(cfg.data.held_out) & set(cfg.data.excluded):
         raise FedMetaError(f"data.excluded: {sorted(both)[0]!r} is also in data.held_out (a hospital is one or the other)")
     # An excluded hospital is dropped as read: nothing of it (not even its split) enters the run.
-    hospitals = [preprocess_site(s, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction)
+    hospitals = [preprocess_site(s, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction,
+                                 cfg.data.validation_draw)
                  for s in sites if s.name not in cfg.data.excluded]
     fed = Federation(hospitals=tuple(hospitals), feature_names=tuple(feature_names))
     _check_shots(fed, cfg)
@@ -134,7 +135,8 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
             index = list(UCI_SITES).index(hospital)
         n_features = len(features)
         index = index if partition_id is None else partition_id
-    site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction)
+    site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction,
+                           cfg.data.validation_draw)
     _check_hospital(site, cfg)
     return OwnHospital(site, n_features, index)
 

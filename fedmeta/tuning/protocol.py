@@ -7,6 +7,10 @@ out of the trial entirely (``data.excluded``) and ``tune.validation_hospitals`` 
 hospitals, drawn with the seed, stand in for them: held out of the trial's training and scored on
 their validation split with the same k-shot protocol. Every trial reports on ``eval.split =
 "validation"``, so no test split is ever scored.
+
+A validation split of a dozen patients is a noisy judge: with ``tune.validation_draws`` = R a trial
+runs R times, on R validation draws (and, for unseen hospitals, R draws of stand-in hospitals), and
+is scored by the mean of their validation curves.
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ import numpy as np
 from fedmeta.config import ExperimentConfig, with_settings
 from fedmeta.errors import FedMetaError
 
-__all__ = ["TrialFailed", "tuning_config", "validation_score"]
+__all__ = ["TrialFailed", "mean_curve", "tuning_config", "validation_curve"]
 
 
 class TrialFailed(Exception):
     """A trial that has no validation score (diverged, or its settings cannot run)."""
 
 
-def tuning_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The run every trial of ``cfg`` starts from (the trial's settings go on top)."""
+def tuning_config(cfg: ExperimentConfig, draw: int = 0) -> ExperimentConfig:
+    """The run every trial of ``cfg`` starts from on validation draw ``draw`` (the trial's settings
+    go on top)."""
     from fedmeta.data.sources import load_federation
 
     if cfg.data.validation_fraction == 0:
@@ -37,7 +42,8 @@ def tuning_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if cfg.data.leave_one_out:
         raise FedMetaError("tune: data.leave_one_out: tune one fold at a time (data.held_out = [NAME]); "
                            "`fedmeta compare --tune N` tunes every fold")
-    settings: dict[str, Any] = {"eval.split": "validation", "eval.keep": "last", "eval.patience": 0}
+    settings: dict[str, Any] = {"eval.split": "validation", "eval.keep": "last", "eval.patience": 0,
+                                "data.validation_draw": draw}
     evaluated = list(cfg.data.held_out)
     if evaluated:
         excluded = [*cfg.data.excluded, *evaluated]
@@ -47,15 +53,15 @@ def tuning_config(cfg: ExperimentConfig) -> ExperimentConfig:
         if k >= len(names):
             raise FedMetaError(f"tune.validation_hospitals: {k} of the {len(names)} training hospitals would leave "
                                "none to train")
-        rng = np.random.default_rng([cfg.seed, 65_537])
+        rng = np.random.default_rng([cfg.seed, 65_537] + ([draw] if draw else []))
         stand_ins = sorted(str(n) for n in rng.choice(names, size=k, replace=False))
         settings |= {"data.held_out": stand_ins, "data.excluded": excluded}
     return with_settings(cfg, settings, "tune")
 
 
-def validation_score(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_address: str,
-                     on_validation: Callable[[int, float], bool]) -> tuple[float, int]:
-    """The trial's validation AUC and its best round (0 for a baseline, which has no rounds)."""
+def validation_curve(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_address: str,
+                     on_validation: Callable[[int, float], bool]) -> dict[int, float]:
+    """The trial's validation AUC per round (a baseline has one score, at round 0)."""
     from fedmeta.compare import BASELINES, COMPARED, counted
     from fedmeta.data.sources import load_federation
     from fedmeta.evaluation import NonFiniteModelError
@@ -64,7 +70,7 @@ def validation_score(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_add
     try:
         if name in BASELINES:
             rows = counted(BASELINES[name](load_federation(cfg), cfg))
-            return float(np.mean([m["val_auc"] for m in rows.values()])), 0
+            return {0: float(np.mean([m["val_auc"] for m in rows.values()]))}
         run_cfg = with_settings(cfg, {"meta.algorithm": COMPARED[name]}, "tune")
         results = simulate(run_cfg, run_dir, progress=False, ray_address=ray_address, on_validation=on_validation)
     except (FedMetaError, NonFiniteModelError) as err:
@@ -72,5 +78,15 @@ def validation_score(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_add
     curve = {int(r): float(v) for r, v in results["validation_auc"].items()}
     if not curve:
         raise TrialFailed("no round has a validation score (every evaluation failed: diverged?)")
-    best = max(curve, key=lambda r: (curve[r], -r))  # ties: the earlier round
-    return curve[best], best
+    return curve
+
+
+def mean_curve(curves: list[dict[int, float]]) -> tuple[float, int]:
+    """The best mean validation AUC over the rounds every draw scored, and that round (ties: the
+    earlier one)."""
+    rounds = sorted(set.intersection(*(set(c) for c in curves)))
+    if not rounds:
+        raise TrialFailed("the validation draws share no scored round")
+    mean = {r: float(np.mean([c[r] for c in curves])) for r in rounds}
+    best = max(rounds, key=lambda r: (mean[r], -r))
+    return mean[best], best

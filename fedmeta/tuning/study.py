@@ -20,7 +20,7 @@ from typing import Any
 
 from fedmeta.config import ExperimentConfig, config_toml, with_settings
 from fedmeta.errors import FedMetaError
-from fedmeta.tuning.protocol import TrialFailed, tuning_config, validation_score
+from fedmeta.tuning.protocol import TrialFailed, mean_curve, tuning_config, validation_curve
 from fedmeta.tuning.space import resolve_space, suggest
 
 __all__ = ["tune", "STUDY_DB"]
@@ -69,8 +69,8 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
     if name not in COMPARED:
         raise FedMetaError(f"--algorithm: unknown {name!r} (expected one of {', '.join(COMPARED)})")
     params, fixed = resolve_space(search_space(name), cfg, name, all_search_keys())
-    base = tuning_config(cfg)
-    with_settings(base, fixed, "tune.space")  # a fixed value that cannot run fails before any trial
+    bases = [tuning_config(cfg, draw) for draw in range(cfg.tune.validation_draws)]
+    with_settings(bases[0], fixed, "tune.space")  # a fixed value that cannot run fails before any trial
     study = _open_study(cfg, name, out_dir, resume)
     done = [t for t in study.trials if t.state.is_finished()]
     t0 = time.perf_counter()
@@ -78,11 +78,6 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
     def objective(trial: optuna.Trial) -> float:
         values = suggest(params, fixed, trial)
         trial.set_user_attr("settings", values)
-        try:
-            trial_cfg = with_settings(base, values, f"trial {trial.number}")
-        except FedMetaError as err:
-            trial.set_user_attr("error", str(err))
-            raise TrialFailed(str(err)) from None
         pruned: list[int] = []
 
         def report(server_round: int, auc: float) -> bool:
@@ -91,15 +86,23 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
                 pruned.append(server_round)
             return bool(pruned)
 
+        def ignore(server_round: int, auc: float) -> bool:
+            return False
+
+        curves = []
         try:
-            score, best_round = validation_score(name, trial_cfg, out_dir / "trials" / f"{trial.number:04d}",
-                                                 ray_address=address, on_validation=report)
-        except TrialFailed as err:
+            for draw, base in enumerate(bases):  # the pruner watches the first draw
+                trial_cfg = with_settings(base, values, f"trial {trial.number}")
+                run_dir = out_dir / "trials" / f"{trial.number:04d}" / (f"draw-{draw}" if len(bases) > 1 else "")
+                curves.append(validation_curve(name, trial_cfg, run_dir, ray_address=address,
+                                               on_validation=ignore if draw else report))
+                if pruned:
+                    raise optuna.TrialPruned(f"pruned after round {pruned[0]}")
+            score, best_round = mean_curve(curves)
+        except (FedMetaError, TrialFailed) as err:
             trial.set_user_attr("error", str(err))
-            raise
+            raise TrialFailed(str(err)) from None
         trial.set_user_attr("best_round", best_round)
-        if pruned:
-            raise optuna.TrialPruned(f"pruned after round {pruned[0]}")
         return score
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -142,6 +145,8 @@ def _write_outputs(study: Any, cfg: ExperimentConfig, name: str, out_dir: Path, 
     if best_round and _can_shorten(cfg):
         settings["federation.rounds"] = best_round
     best_cfg = with_settings(cfg, settings, "best.toml")
+    if cfg.tune.refit and cfg.eval.keep == "last" and cfg.eval.split == "test":
+        best_cfg = with_settings(best_cfg, {"data.validation_fraction": 0.0}, "best.toml")
     (out_dir / "best.toml").write_text(config_toml(best_cfg), encoding="utf-8")
     _plot_history(study, out_dir / "history.png", name)
     states = [t.state.name.lower() for t in study.trials]
