@@ -29,6 +29,7 @@ class NonFiniteModelError(ValueError):
 class Score:
     auc: float
     accuracy: float
+    pairs: int = 0  # (positive, negative) pairs of the scored split: how much its AUC can tell
 
     def as_dict(self) -> dict[str, float]:
         return {"auc": self.auc, "accuracy": self.accuracy}
@@ -44,7 +45,9 @@ def score_params(model: nn.Module, params: Params, hospital: Hospital, device: t
     if not np.isfinite(prob).all():
         raise NonFiniteModelError(f"hospital {hospital.name}: the model's predictions are not finite "
                                   "(diverged training or adaptation)")
-    return Score(auc=float(roc_auc_score(y, prob)), accuracy=float(accuracy_score(y, prob >= 0.5)))
+    positives = int(np.sum(y == 1))
+    return Score(auc=float(roc_auc_score(y, prob)), accuracy=float(accuracy_score(y, prob >= 0.5)),
+                 pairs=positives * (len(y) - positives))
 
 
 def evaluate_few_shot(
@@ -80,8 +83,11 @@ def scores_row(scores: dict[str, Score], role: str, eval_cfg: EvalConfig) -> dic
     """One hospital's row: AUC/accuracy on the reported split, and validation ones (``val_*``)."""
     val = scores.get("validation")
     return {**scores[eval_cfg.split].as_dict(),
-            **({"val_auc": val.auc, "val_accuracy": val.accuracy} if val else {}), "role": role}
+            **({"val_auc": val.auc, "val_accuracy": val.accuracy, "val_pairs": val.pairs} if val else {}),
+            "role": role}
 
 
 def mean_score(scores: list[Score]) -> Score:
-    return Score(auc=float(np.mean([s.auc for s in scores])), accuracy=float(np.mean([s.accuracy for s in scores])))
+    """The mean over scores of one split (its pairs are the split's)."""
+    return Score(auc=float(np.mean([s.auc for s in scores])), accuracy=float(np.mean([s.accuracy for s in scores])),
+                 pairs=scores[0].pairs)

@@ -5,10 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MISS_KINDS", "RoundRecord", "RunHistory"]
+__all__ = ["MISS_KINDS", "RoundRecord", "RunHistory", "validation_score"]
 
 # Why a hospital that was sent work contributed nothing to a round.
 MISS_KINDS = ("no-reply", "error", "dropped", "declined", "refused")
+
+
+def validation_score(rows: list[dict[str, Any]]) -> float | None:
+    """The within-hospital validation AUC of hospital rows: each hospital's ``val_auc`` weighted by
+    its (positive, negative) pairs, i.e. the fraction of same-hospital pairs ranked right. A split
+    with one negative patient counts as the few pairs it has, not as a quarter of the verdict.
+    None if a row lacks a validation score."""
+    if any(r.get("val_auc") is None or not r.get("val_pairs") for r in rows):
+        return None
+    pairs = sum(r["val_pairs"] for r in rows)
+    return sum(r["val_auc"] * r["val_pairs"] for r in rows) / pairs
 
 
 @dataclass
@@ -47,10 +58,9 @@ class RunHistory:
         return held or list(self.hospitals)
 
     def validation_auc(self, r: int) -> float | None:
-        """Mean validation AUC of round ``r`` over the counted hospitals; None if one lacks it."""
+        """The validation score of round ``r`` over the counted hospitals; None if one lacks it."""
         scores = self.round(r).eval
-        vals = [scores.get(h, {}).get("val_auc") for h in self.counted()]
-        return None if any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type]
+        return validation_score([scores.get(h, {}) for h in self.counted()])
 
     def round(self, r: int) -> RoundRecord:
         for rec in self.rounds:

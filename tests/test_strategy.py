@@ -148,6 +148,12 @@ def test_malformed_evaluation_replies_are_dropped(tmp_path):
                                           ev(33, {**good, "auc": float("nan")})])
     assert set(strategy.history.round(1).eval) == {"hospital-a"}
     assert agg["mean-auc"] == pytest.approx(0.8)
+    # A validation score must come with the positive integer count of pairs it weighs by.
+    val = {**good, "val-auc": 0.9, "val-accuracy": 0.8}
+    strategy.aggregate_evaluate(2, [ev(11, {**val, "val-pairs": 40}), ev(22, {**val, "val-pairs": 0.5}),
+                                    ev(33, val)])
+    assert set(strategy.history.round(2).eval) == {"hospital-a"}
+    assert strategy.history.round(2).eval["hospital-a"]["val_pairs"] == 40
 
 
 def _private(node: int, rows: int, epsilon: float, head: str) -> Message:

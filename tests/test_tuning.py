@@ -90,6 +90,7 @@ def test_validation_draws_score_a_trial_by_their_mean_and_the_best_config_refits
     from fedmeta.compare import BASELINES, counted
     from fedmeta.config import with_settings
     from fedmeta.data.sources import load_federation
+    from fedmeta.history import validation_score
     from fedmeta.tuning.protocol import tuning_config
 
     out = tmp_path / "tune"
@@ -103,7 +104,7 @@ def test_validation_draws_score_a_trial_by_their_mean_and_the_best_config_refits
         for draw in (0, 1):
             trial_cfg = with_settings(tuning_config(cfg, draw), settings, "test")
             rows = counted(BASELINES["local"](load_federation(trial_cfg), trial_cfg))
-            per_draw.append(np.mean([m["val_auc"] for m in rows.values()]))
+            per_draw.append(validation_score(list(rows.values())))
         assert per_draw[0] != per_draw[1]
         assert float(row["validation_auc"]) == pytest.approx(np.mean(per_draw), abs=1e-12)
     # The chosen config trains on the whole train split; tune.refit = false keeps the validation part.

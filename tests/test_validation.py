@@ -14,9 +14,9 @@ from fedmeta.config import load_config, with_settings
 from fedmeta.data.hospital import RawSite, preprocess_site
 from fedmeta.data.sources import load_federation
 from fedmeta.errors import FedMetaError
-from fedmeta.evaluation import evaluate_few_shot
+from fedmeta.evaluation import evaluate_few_shot, score_params
 from fedmeta.flower.selection import RoundSelection, StopRun
-from fedmeta.history import RunHistory
+from fedmeta.history import RunHistory, validation_score
 from fedmeta.models import build_model
 
 CI_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
@@ -87,7 +87,7 @@ def test_selection_on_validation_is_refused_where_it_cannot_be_done(settings, me
 def _history(val_aucs: list[float]) -> RunHistory:
     h = RunHistory(hospitals={"a": "train", "b": "train"})
     for r, v in enumerate(val_aucs, start=1):
-        h.round(r).eval = {"a": {"val_auc": v - 0.1}, "b": {"val_auc": v + 0.1}}
+        h.round(r).eval = {"a": {"val_auc": v - 0.1, "val_pairs": 50}, "b": {"val_auc": v + 0.1, "val_pairs": 50}}
     return h
 
 
@@ -108,6 +108,20 @@ def test_the_best_round_and_its_parameters_are_kept_and_patience_stops_the_run()
     last.observe(hist, 2, dict)
     with pytest.raises(StopRun, match="by the tuner"):
         last.observe(hist, 3, dict)
+
+
+def test_a_hospital_counts_in_the_validation_score_by_its_positive_negative_pairs():
+    # One negative in a split of 13: its AUC moves in steps of a whole patient; it counts as 12 pairs.
+    big, tiny = {"val_auc": 0.80, "val_pairs": 20 * 23}, {"val_auc": 0.0, "val_pairs": 12}
+    assert validation_score([big, tiny]) == pytest.approx((0.80 * 460 + 0.0 * 12) / 472)
+    assert validation_score([big, {"val_auc": 0.9}]) is None  # a score without its pairs is no score
+    # The pairs come from the scored split's labels.
+    site = _site()
+    h = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25)
+    model = build_model(load_config(CI_CONFIG).model, h.x_train.shape[1], 0)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    score = score_params(model, params, h, torch.device("cpu"), "validation")
+    assert score.pairs == int(h.y_val.sum()) * int((h.y_val == 0).sum())
 
 
 def test_a_round_without_every_counted_hospitals_validation_score_is_no_candidate():

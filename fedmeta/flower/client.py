@@ -215,7 +215,7 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
             "auc": score.auc,
             "accuracy": score.accuracy,
             "auc-unadapted": unadapted.auc,
-            **({"val-auc": val.auc, "val-accuracy": val.accuracy} if val else {}),
+            **({"val-auc": val.auc, "val-accuracy": val.accuracy, "val-pairs": val.pairs} if val else {}),
             "held-out": int(site.held_out),
             "server-round": server_round,
         })

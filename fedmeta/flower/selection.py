@@ -1,9 +1,10 @@
 """Model selection during a run, on validation only: the best round (``eval.keep = "best"``),
 early stopping with patience, and a per-round report to a tuner that may stop the run.
 
-The validation AUC of a round is the mean over the hospitals that count (the held-out ones when any
-are held out, else all) of the few-shot AUC on their validation split; a round where one of them
-has no validation score is not a candidate.
+The validation AUC of a round is the within-hospital AUC over the hospitals that count (the
+held-out ones when any are held out, else all): their few-shot AUCs on their validation splits,
+weighted by each split's (positive, negative) pairs (``fedmeta.history.validation_score``); a round
+where one of them has no validation score is not a candidate.
 """
 
 from __future__ import annotations

@@ -309,6 +309,11 @@ class FedMeta(FedAvg):
                     scores |= {"val_auc": float(m["val-auc"]), "val_accuracy": float(m["val-accuracy"])}  # type: ignore[arg-type]
                 if not all(0.0 <= v <= 1.0 for v in scores.values()):
                     raise ValueError(f"metrics outside [0, 1]: {scores}")
+                if "val-auc" in m:
+                    pairs = m["val-pairs"]
+                    if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 1:
+                        raise ValueError(f"val-pairs must be a positive integer, got {pairs!r}")
+                    scores["val_pairs"] = pairs
             except (KeyError, TypeError, ValueError) as err:
                 rec.eval_missed[hospital] = f"dropped: {err}"
                 log.warning("round %d: dropped the evaluation of hospital %s: %s", server_round, hospital, err)

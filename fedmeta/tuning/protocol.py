@@ -23,6 +23,7 @@ import numpy as np
 
 from fedmeta.config import ExperimentConfig, with_settings
 from fedmeta.errors import FedMetaError
+from fedmeta.history import validation_score
 
 __all__ = ["TrialFailed", "mean_curve", "tuning_config", "validation_curve"]
 
@@ -69,8 +70,10 @@ def validation_curve(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_add
 
     try:
         if name in BASELINES:
-            rows = counted(BASELINES[name](load_federation(cfg), cfg))
-            return {0: float(np.mean([m["val_auc"] for m in rows.values()]))}
+            score = validation_score(list(counted(BASELINES[name](load_federation(cfg), cfg)).values()))
+            if score is None:
+                raise TrialFailed("a hospital has no validation score")
+            return {0: float(score)}
         run_cfg = with_settings(cfg, {"meta.algorithm": COMPARED[name]}, "tune")
         results = simulate(run_cfg, run_dir, progress=False, ray_address=ray_address, on_validation=on_validation)
     except (FedMetaError, NonFiniteModelError) as err:
