@@ -35,6 +35,7 @@ from fedmeta.meta.functional import params_of
 from fedmeta.privacy.accounting import epsilon_of
 from fedmeta.privacy.plan import EPISODE_CLIPPING, PrivacyPlan, Release, calibrate_for_releases, plan_privacy
 from fedmeta.privacy.private_training import meta_train_privately
+from fedmeta.tasks import BinaryTask
 
 
 def _plans(cfg: ExperimentConfig, h: Hospital, construction: str, target: float) -> PrivacyPlan:
@@ -70,7 +71,7 @@ def run(cfg: ExperimentConfig, construction: str, target: float) -> tuple[float,
         for i, h in enumerate(fed.hospitals):
             rng = np.random.default_rng([cfg.seed, r, i])
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            res = meta_train_privately(model, theta, h, cfg.meta, plans[h.name], rng=rng, noise_generator=gen,
+            res = meta_train_privately(model, theta, h, cfg.meta, plans[h.name], task=BinaryTask(), rng=rng, noise_generator=gen,
                                        secure_mode=False, device=cpu)
             updates.append(res.update)
             weights.append(h.n_train)
@@ -80,7 +81,7 @@ def run(cfg: ExperimentConfig, construction: str, target: float) -> tuple[float,
     aucs = []
     for h in fed.hospitals:
         try:
-            aucs.append(evaluate_few_shot(model, theta, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
+            aucs.append(evaluate_few_shot(model, theta, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
                                           device=cpu)["test"].auc)
         except ValueError:
             aucs.append(float("nan"))

@@ -27,6 +27,7 @@ from fedmeta.meta.local_training import meta_train_locally
 from fedmeta.models import MLP
 from fedmeta.privacy.plan import plan_privacy
 from fedmeta.privacy.private_training import meta_train_privately
+from fedmeta.tasks import BinaryTask
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
     model = MLP(args.features, [64, 64])
     params = params_of(model)
     cpu = torch.device("cpu")
-    sampler = EpisodeSampler(x, y, shots=args.shots, query=args.query, device=cpu)
+    sampler = EpisodeSampler(x, y, task=BinaryTask(), shots=args.shots, query=args.query, device=cpu)
     print(f"one outer step, MLP {args.features}-64-64-1, {args.records} records, {args.meta_batch} episodes of "
           f"{2 * args.shots + args.query} records, {args.inner_steps} inner steps, 1 thread, median of {args.repeats}")
     print(f"  {'algorithm':<9} {'construction':<22} {'non-DP ms':>10} {'DP ms':>8} {'DP / non-DP':>12}")
@@ -63,7 +64,7 @@ def main() -> None:
             meta_train_locally(model, params, sampler, cfg.meta, rng)
 
         def private() -> None:
-            meta_train_privately(model, params, hospital, cfg.meta, plan, rng=rng, noise_generator=None,
+            meta_train_privately(model, params, hospital, cfg.meta, plan, task=BinaryTask(), rng=rng, noise_generator=None,
                                  secure_mode=False, device=cpu)
 
         for _ in range(3):

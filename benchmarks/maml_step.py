@@ -19,6 +19,7 @@ from fedmeta.meta.algorithms import ALGORITHMS, InnerLoop
 from fedmeta.meta.functional import params_of
 from fedmeta.meta.reference import reference_maml_gradients
 from fedmeta.models import MLP
+from fedmeta.tasks import BinaryTask
 
 
 def main() -> None:
@@ -38,18 +39,18 @@ def main() -> None:
     m, s, q, d = args.tasks, 2 * args.shots, args.query, args.features
     batch = EpisodeBatch(torch.randn(m, s, d), (torch.rand(m, s) < 0.5).float(),
                          torch.randn(m, q, d), (torch.rand(m, q) < 0.5).float())
-    inner = InnerLoop(steps=args.inner_steps, lr=0.1)
+    inner = InnerLoop(steps=args.inner_steps, lr=0.1, task=BinaryTask())
     maml = ALGORITHMS["maml"]
 
     def batched() -> None:
         maml.episode_gradients(model, params, batch, inner)
 
     def reference() -> None:
-        reference_maml_gradients(model, params, batch, steps=inner.steps, lr=inner.lr)
+        reference_maml_gradients(model, params, batch, steps=inner.steps, lr=inner.lr, task=inner.task)
 
     # Same numbers first: a fast wrong answer is no result.
     got, _ = maml.episode_gradients(model, params, batch, inner)
-    ref = reference_maml_gradients(model, params, batch, steps=inner.steps, lr=inner.lr)
+    ref = reference_maml_gradients(model, params, batch, steps=inner.steps, lr=inner.lr, task=inner.task)
     err = max(float((got[k][i] - r[k]).abs().max()) for i, r in enumerate(ref) for k in params)
     for _ in range(3):
         batched()

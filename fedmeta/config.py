@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedmeta.errors import FedMetaError
 
@@ -19,6 +19,7 @@ __all__ = [
     "DataConfig",
     "SyntheticConfig",
     "ModelConfig",
+    "TaskConfig",
     "MetaConfig",
     "FederationConfig",
     "ServerConfig",
@@ -78,6 +79,21 @@ class DataConfig(_Section):
     excluded: list[str] = Field(default_factory=list, description="hospitals left out of the run entirely (tuning "
                                 "for unseen hospitals leaves out the ones it will be evaluated on)")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class TaskConfig(_Section):
+    """What is learned from the labels (``fedmeta.tasks``): its loss, metrics and k-shot strata."""
+
+    kind: str = "binary"
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        from fedmeta.tasks import TASKS
+
+        if kind not in TASKS:
+            raise ValueError(f"unknown task (expected one of {', '.join(TASKS)})")
+        return kind
 
 
 class ModelConfig(_Section):
@@ -252,6 +268,7 @@ class ExperimentConfig(_Section):
 
     seed: int = Field(0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     meta: MetaConfig = Field(default_factory=MetaConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)

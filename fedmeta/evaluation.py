@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, roc_auc_score
 from torch import nn
 from torch.func import functional_call
 
@@ -16,6 +15,7 @@ from fedmeta.config import EvalConfig, MetaConfig
 from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Hospital
 from fedmeta.meta.functional import Params, adapt, per_episode_copies
+from fedmeta.tasks import Task
 
 __all__ = ["Score", "score_params", "evaluate_few_shot", "mean_score", "scored_splits", "scores_row",
            "NonFiniteModelError"]
@@ -35,24 +35,24 @@ class Score:
         return {"auc": self.auc, "accuracy": self.accuracy}
 
 
-def score_params(model: nn.Module, params: Params, hospital: Hospital, device: torch.device,
+def score_params(model: nn.Module, params: Params, hospital: Hospital, device: torch.device, task: Task,
                  split: str = "test") -> Score:
-    """AUC and accuracy (threshold 0.5) of ``params`` on the hospital's ``split``."""
+    """The task's metrics of ``params`` on the hospital's ``split``."""
     x, y = hospital.split(split)
     with torch.no_grad():
-        logits = functional_call(model, params, (torch.as_tensor(x, device=device),))
-        prob = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
-    if not np.isfinite(prob).all():
+        outputs = functional_call(model, params, (torch.as_tensor(x, device=device),))
+    predictions = task.predictions(outputs)
+    if not np.isfinite(predictions).all():
         raise NonFiniteModelError(f"hospital {hospital.name}: the model's predictions are not finite "
                                   "(diverged training or adaptation)")
-    positives = int(np.sum(y == 1))
-    return Score(auc=float(roc_auc_score(y, prob)), accuracy=float(accuracy_score(y, prob >= 0.5)),
-                 pairs=positives * (len(y) - positives))
+    metrics = task.metrics(y, predictions)
+    return Score(auc=metrics["auc"], accuracy=metrics["accuracy"], pairs=task.pairs(y))
 
 
 def evaluate_few_shot(
-    model: nn.Module, params: Params, hospital: Hospital, *, eval_cfg: EvalConfig, meta_cfg: MetaConfig,
-    seed: int, device: torch.device, splits: tuple[str, ...] = ("test",), participant: bool = False,
+    model: nn.Module, params: Params, hospital: Hospital, *, task: Task, eval_cfg: EvalConfig,
+    meta_cfg: MetaConfig, seed: int, device: torch.device, splits: tuple[str, ...] = ("test",),
+    participant: bool = False,
 ) -> dict[str, Score]:
     """Per split, the mean score over ``eval_cfg.draws`` k-shot adaptations (``meta_cfg`` inner
     steps and lr); every split is scored with the same adapted models. A ``participant`` (a hospital
@@ -63,14 +63,15 @@ def evaluate_few_shot(
     if participant and eval_cfg.adapt_on == "all":
         chosen = [np.arange(hospital.n_train)]
     else:
-        chosen = [sample_k_shot(hospital.y_train, eval_cfg.shots, rng) for _ in range(eval_cfg.draws)]
+        chosen = [sample_k_shot(hospital.y_train, eval_cfg.shots, rng, task) for _ in range(eval_cfg.draws)]
     idx = torch.as_tensor(np.stack(chosen), device=device)
     # All draws adapt at once: one copy of the initialisation per draw.
     start = per_episode_copies({k: v.to(device) for k, v in params.items()}, len(chosen))
-    adapted = adapt(model, start, x[idx], y[idx], steps=meta_cfg.inner_steps, lr=meta_cfg.inner_lr,
+    adapted = adapt(model, start, x[idx], y[idx], task, steps=meta_cfg.inner_steps, lr=meta_cfg.inner_lr,
                     create_graph=False)
     draws = [{k: v[i].detach() for k, v in adapted.items()} for i in range(len(chosen))]
-    return {split: mean_score([score_params(model, p, hospital, device, split) for p in draws]) for split in splits}
+    return {split: mean_score([score_params(model, p, hospital, device, task, split) for p in draws])
+            for split in splits}
 
 
 def scored_splits(hospital: Hospital, eval_cfg: EvalConfig) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from fedmeta.evaluation import Score, mean_score, score_params, scored_splits, s
 from fedmeta.meta.functional import loss_fn, params_of
 from fedmeta.models import build_model
 from fedmeta.tuning.space import LOCAL_SPACE, SearchSpace
+from fedmeta.tasks import build_task
 
 __all__ = ["train_alone", "run_local_baseline"]
 
@@ -31,30 +32,33 @@ def train_alone(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: ExperimentC
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Adam (L2 ``local.weight_decay``) on minibatches of ``(x, y)`` from the seeded initialisation."""
     params = {k: v.requires_grad_(True) for k, v in params_of(model).items()}
+    task = build_task(cfg.task)
     opt = torch.optim.Adam(params.values(), lr=cfg.local.lr, weight_decay=cfg.local.weight_decay)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     bs = min(cfg.local.batch_size, len(y))
     for _ in range(cfg.local.steps):
         idx = torch.as_tensor(rng.choice(len(y), size=bs, replace=False))
         opt.zero_grad()
-        loss_fn(model, params, xt[idx], yt[idx]).backward()
+        loss_fn(model, params, xt[idx], yt[idx], task).backward()
         opt.step()
     return {k: v.detach() for k, v in params.items()}
 
 
 def _score_held_out(model: nn.Module, h: Hospital, cfg: ExperimentConfig) -> dict[str, Score]:
     rng = np.random.default_rng([cfg.seed, 7_919])  # the same draws as evaluate_few_shot
+    task = build_task(cfg.task)
     draws = []
     for _ in range(cfg.eval.draws):
-        idx = sample_k_shot(h.y_train, cfg.eval.shots, rng)
+        idx = sample_k_shot(h.y_train, cfg.eval.shots, rng, task)
         draws.append(train_alone(model, h.x_train[idx], h.y_train[idx], cfg, np.random.default_rng([cfg.seed, 3])))
     cpu = torch.device("cpu")
-    return {s: mean_score([score_params(model, p, h, cpu, s) for p in draws]) for s in scored_splits(h, cfg.eval)}
+    return {s: mean_score([score_params(model, p, h, cpu, task, s) for p in draws]) for s in scored_splits(h, cfg.eval)}
 
 
 def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict[str, float | str]]:
     """Per-hospital test metrics of hospitals that never share anything."""
     model = build_model(cfg.model, fed.n_features, cfg.seed)
+    task = build_task(cfg.task)
     cpu = torch.device("cpu")
     held = set(cfg.data.held_out)
     out: dict[str, dict[str, float | str]] = {}
@@ -63,6 +67,6 @@ def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict
             out[h.name] = scores_row(_score_held_out(model, h, cfg), "held-out", cfg.eval)
         else:
             params = train_alone(model, h.x_train, h.y_train, cfg, np.random.default_rng([cfg.seed, i]))
-            scores = {s: score_params(model, params, h, cpu, s) for s in scored_splits(h, cfg.eval)}
+            scores = {s: score_params(model, params, h, cpu, task, s) for s in scored_splits(h, cfg.eval)}
             out[h.name] = scores_row(scores, "train", cfg.eval)
     return out

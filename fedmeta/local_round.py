@@ -26,6 +26,7 @@ from fedmeta.privacy.canaries import GradientCanaries, add_canaries, make_canari
 from fedmeta.privacy.client_dp import privatize_update
 from fedmeta.privacy.plan import PrivacyPlan
 from fedmeta.privacy.private_training import meta_train_privately
+from fedmeta.tasks import build_task
 
 __all__ = ["RoundOutcome", "train_hospital_round"]
 
@@ -63,8 +64,9 @@ def train_hospital_round(
         np.random.default_rng([cfg.seed, server_round, index, 1]).integers(2**62))
     noise = torch.Generator(device=device).manual_seed(noise_seed)
     if cfg.privacy.mode == "record":
-        result = meta_train_privately(model, params, hospital, cfg.meta, plan, rng=rng, noise_generator=noise,
-                                      secure_mode=secure, device=device, noise_scale=noise_scale, canaries=canaries)
+        result = meta_train_privately(model, params, hospital, cfg.meta, plan, task=build_task(cfg.task), rng=rng,
+                                      noise_generator=noise, secure_mode=secure, device=device,
+                                      noise_scale=noise_scale, canaries=canaries)
     else:
         plain = _train_plainly(cfg, hospital, model, params, rng, canaries, device)
         update = privatize_update(plain.update, sigma=plan.sigma * noise_scale, clip_norm=plan.max_grad_norm,
@@ -76,8 +78,8 @@ def train_hospital_round(
 
 def _train_plainly(cfg: ExperimentConfig, hospital: Hospital, model: nn.Module, params: Params,
                    rng: np.random.Generator, canaries: GradientCanaries | None, device: torch.device) -> LocalResult:
-    sampler = EpisodeSampler(hospital.x_train, hospital.y_train, shots=cfg.meta.shots, query=cfg.meta.query,
-                             device=device)
+    sampler = EpisodeSampler(hospital.x_train, hospital.y_train, task=build_task(cfg.task), shots=cfg.meta.shots,
+                             query=cfg.meta.query, device=device)
     hook = None
     if canaries is not None:
         rate = min(1.0, cfg.meta.meta_batch * (2 * cfg.meta.shots + cfg.meta.query) / hospital.n_train)

@@ -19,6 +19,7 @@ from fedmeta.evaluation import evaluate_few_shot, scored_splits, scores_row
 from fedmeta.local_baseline import train_alone
 from fedmeta.models import build_model
 from fedmeta.tuning.space import LOCAL_SPACE, Param, SearchSpace
+from fedmeta.tasks import build_task
 
 __all__ = ["pooled_params", "run_pooled_baseline"]
 
@@ -42,10 +43,11 @@ def run_pooled_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dic
     """Per-hospital test metrics of the pooled model after each hospital's few-shot adaptation."""
     model = build_model(cfg.model, fed.n_features, cfg.seed)
     params = pooled_params(fed, cfg)
+    task = build_task(cfg.task)
     held = set(cfg.data.held_out)
     out: dict[str, dict[str, float | str]] = {}
     for h in fed.hospitals:
-        scores = evaluate_few_shot(model, params, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
+        scores = evaluate_few_shot(model, params, h, task=task, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
                                    device=torch.device("cpu"), splits=scored_splits(h, cfg.eval),
                                    participant=h.name not in held)
         out[h.name] = scores_row(scores, "held-out" if h.name in held else "train", cfg.eval)

@@ -15,6 +15,7 @@ from fedmeta.data.hospital import RawSite, preprocess_site
 from fedmeta.data.sources import load_federation
 from fedmeta.data.synthetic import generate_synthetic
 from fedmeta.data.uci_heart import load_uci_heart_sites
+from fedmeta.tasks import BinaryTask
 
 UCI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "uci-heart-disease"
 
@@ -91,7 +92,7 @@ def test_episodes_are_stratified_and_disjoint():
     rng = np.random.default_rng(0)
     x = np.arange(100, dtype=np.float32)[:, None].repeat(3, 1)
     y = (np.arange(100) % 3 == 0).astype(np.float32)
-    s = EpisodeSampler(x, y, shots=4, query=10, device=torch.device("cpu"))
+    s = EpisodeSampler(x, y, task=BinaryTask(), shots=4, query=10, device=torch.device("cpu"))
     b = s.sample(6, rng)
     assert b.x_support.shape == (6, 8, 3) and b.x_query.shape == (6, 10, 3)
     assert (b.y_support.sum(1) == 4).all()
@@ -109,4 +110,4 @@ def test_diverged_parameters_have_no_score():
     model = build_model(ModelConfig(hidden=[8]), fed.n_features, seed=0)
     params = {k: torch.full_like(v, 3e38) * torch.sign(torch.randn_like(v)) for k, v in params_of(model).items()}
     with pytest.raises(NonFiniteModelError, match="not finite"):
-        score_params(model, params, fed.hospitals[0], torch.device("cpu"))
+        score_params(model, params, fed.hospitals[0], torch.device("cpu"), BinaryTask())

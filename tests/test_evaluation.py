@@ -15,6 +15,7 @@ from fedmeta.data.sources import load_federation
 from fedmeta.evaluation import evaluate_few_shot
 from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model
+from fedmeta.tasks import BinaryTask
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 
@@ -37,7 +38,7 @@ def test_a_participant_adapts_on_its_whole_train_split_when_asked(participant):
     h = fed.hospitals[0]
     model = build_model(cfg.model, fed.n_features, cfg.seed)
     params = params_of(model)
-    score = evaluate_few_shot(model, params, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
+    score = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
                               device=torch.device("cpu"), participant=participant)["test"]
     (wk, w), (bk, b) = params.items()
     assert wk.endswith("weight") and bk.endswith("bias")
@@ -47,6 +48,6 @@ def test_a_participant_adapts_on_its_whole_train_split_when_asked(participant):
         assert score.auc == pytest.approx(roc_auc_score(h.y_test, prob), abs=1e-9)
     else:  # a held-out hospital keeps the k-shot protocol whatever adapt_on says
         shots = load_config(CI, ["model.hidden=[]", "eval.draws=3", "meta.inner_steps=4"])
-        same = evaluate_few_shot(model, params, h, eval_cfg=shots.eval, meta_cfg=shots.meta, seed=cfg.seed,
+        same = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=shots.eval, meta_cfg=shots.meta, seed=cfg.seed,
                                  device=torch.device("cpu"))["test"]
         assert score == same

@@ -22,6 +22,7 @@ from fedmeta.meta.functional import params_of
 from fedmeta.meta.local_training import meta_train_locally
 from fedmeta.models import build_model
 from fedmeta.server_optimizer import ServerMetaOptimizer
+from fedmeta.tasks import BinaryTask
 
 CI = Path(__file__).resolve().parents[1] / "configs" / "ci.toml"
 
@@ -32,7 +33,7 @@ def _few_shot_auc_after(algorithm: str, rounds: int, seed: int) -> float:
     model = build_model(cfg.model, fed.n_features, cfg.seed)
     server = ServerMetaOptimizer(params_of(model), cfg.server)
     cpu = torch.device("cpu")
-    samplers = [EpisodeSampler(h.x_train, h.y_train, shots=cfg.meta.shots, query=cfg.meta.query, device=cpu)
+    samplers = [EpisodeSampler(h.x_train, h.y_train, task=BinaryTask(), shots=cfg.meta.shots, query=cfg.meta.query, device=cpu)
                 for h in fed.hospitals]
     for r in range(1, rounds + 1):
         theta = server.current()
@@ -42,7 +43,7 @@ def _few_shot_auc_after(algorithm: str, rounds: int, seed: int) -> float:
         weights /= weights.sum()
         server.step({k: sum(w * res.update[k] for w, res in zip(weights, results)) for k in theta})
     theta = server.current()
-    return float(np.mean([evaluate_few_shot(model, theta, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=seed,
+    return float(np.mean([evaluate_few_shot(model, theta, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=seed,
                                             device=cpu)["test"].auc for h in fed.hospitals]))
 
 

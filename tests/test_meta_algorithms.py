@@ -19,8 +19,9 @@ from fedmeta.meta.algorithms import ALGORITHMS, InnerLoop, get_algorithm
 from fedmeta.meta.functional import params_of
 from fedmeta.meta.reference import reference_maml_gradients
 from fedmeta.models import MLP, build_model, check_meta_trainable
+from fedmeta.tasks import BinaryTask
 
-INNER = InnerLoop(steps=3, lr=0.3)
+INNER = InnerLoop(steps=3, lr=0.3, task=BinaryTask())
 
 
 def _batch(m: int = 3, d: int = 5, s: int = 4, q: int = 6, seed: int = 0) -> EpisodeBatch:
@@ -57,7 +58,7 @@ def test_maml_matches_per_task_autograd_reference(hidden):
     model, batch = _model(hidden), _batch()
     params = params_of(model)
     grads, _ = ALGORITHMS["maml"].episode_gradients(model, params, batch, INNER)
-    ref = reference_maml_gradients(model, params, batch, steps=INNER.steps, lr=INNER.lr)
+    ref = reference_maml_gradients(model, params, batch, steps=INNER.steps, lr=INNER.lr, task=INNER.task)
     for i, r in enumerate(ref):
         for k in params:
             torch.testing.assert_close(grads[k][i], r[k], rtol=1e-10, atol=1e-12)
@@ -175,7 +176,7 @@ def test_any_module_without_batch_statistics_works():
     check_meta_trainable(model)
     params = params_of(model)
     grads, _ = ALGORITHMS["maml"].episode_gradients(model, params, batch, INNER)
-    ref = reference_maml_gradients(model, params, batch, steps=INNER.steps, lr=INNER.lr)
+    ref = reference_maml_gradients(model, params, batch, steps=INNER.steps, lr=INNER.lr, task=INNER.task)
     for i, r in enumerate(ref):
         for k in params:
             torch.testing.assert_close(grads[k][i], r[k], rtol=1e-9, atol=1e-11)

@@ -18,6 +18,7 @@ from fedmeta.evaluation import evaluate_few_shot, score_params
 from fedmeta.flower.selection import RoundSelection, StopRun
 from fedmeta.history import RunHistory, validation_score
 from fedmeta.models import build_model
+from fedmeta.tasks import BinaryTask
 
 CI_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 
@@ -120,7 +121,7 @@ def test_a_hospital_counts_in_the_validation_score_by_its_positive_negative_pair
     h = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25)
     model = build_model(load_config(CI_CONFIG).model, h.x_train.shape[1], 0)
     params = {k: v.detach() for k, v in model.named_parameters()}
-    score = score_params(model, params, h, torch.device("cpu"), "validation")
+    score = score_params(model, params, h, torch.device("cpu"), BinaryTask(), "validation")
     assert score.pairs == int(h.y_val.sum()) * int((h.y_val == 0).sum())
 
 
@@ -146,7 +147,7 @@ def test_a_run_keeps_its_best_validation_round(tmp_path):
     model = build_model(cfg.model, fed.n_features, cfg.seed)
     params = torch.load(tmp_path / "run" / "model.pt")
     h = fed.hospitals[0]
-    val = evaluate_few_shot(model, params, h, eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
+    val = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
                             device=torch.device("cpu"), splits=("validation",))["validation"]
     assert val.auc == pytest.approx(kept["eval"][h.name]["val_auc"], abs=1e-9)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["eval"]["keep"] == "best"

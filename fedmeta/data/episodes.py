@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedmeta.tasks import Task
+
 __all__ = ["EpisodeBatch", "EpisodeSampler", "sample_k_shot"]
 
 
@@ -53,22 +55,24 @@ class EpisodeBatch:
                       "normaliser": self.support_normaliser + self.query_normaliser}
 
 
-def sample_k_shot(y: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``shots`` examples of each class, drawn without replacement."""
-    idx = [rng.choice(np.flatnonzero(y == c), size=shots, replace=False) for c in (0.0, 1.0)]
+def sample_k_shot(y: np.ndarray, shots: int, rng: np.random.Generator, task: Task) -> np.ndarray:
+    """Indices of ``shots`` examples of each of the task's strata (classes), drawn without replacement."""
+    strata = task.strata(np.asarray(y))
+    idx = [rng.choice(np.flatnonzero(strata == g), size=shots, replace=False) for g in range(task.n_strata)]
     return np.concatenate(idx)
 
 
 class EpisodeSampler:
     """Draws meta-batches of episodes from one hospital's train split."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, *, shots: int, query: int, device: torch.device):
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, task: Task, shots: int, query: int, device: torch.device):
         self.x = torch.as_tensor(x, device=device)
         self.y = torch.as_tensor(y, device=device)
         self._y_np = np.asarray(y)
         self.shots = shots
+        self.task = task
         # Fixed per hospital so that every episode of a meta-batch has one shape.
-        self.query_size = min(query, len(y) - 2 * shots)
+        self.query_size = min(query, len(y) - task.n_strata * shots)
         if self.query_size < 1:
             raise ValueError(f"{len(y)} examples cannot hold {shots} shots per class and a query")
 
@@ -76,7 +80,7 @@ class EpisodeSampler:
         sup, qry = [], []
         n = len(self._y_np)
         for _ in range(m):
-            s = sample_k_shot(self._y_np, self.shots, rng)
+            s = sample_k_shot(self._y_np, self.shots, rng, self.task)
             rest = np.setdiff1d(np.arange(n), s, assume_unique=True)
             sup.append(s)
             qry.append(rng.choice(rest, size=self.query_size, replace=False))

@@ -30,6 +30,7 @@ from fedmeta.local_round import train_hospital_round
 from fedmeta.models import build_model, pick_device
 from fedmeta.privacy.ledger import LedgerError
 from fedmeta.privacy.policy import HospitalPolicy, PolicyRefusal, negotiate, policy_from_config, policy_from_node_config
+from fedmeta.tasks import build_task
 
 __all__ = ["build_client_app"]
 
@@ -202,11 +203,12 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
             return received
         model, params = received
         server_round = int(msg.content["config"].get("server-round", 0))
+        task = build_task(cfg.task)
         try:  # the reported split (test; validation in tuning trials) and validation for model selection
-            scores = evaluate_few_shot(model, params, site.hospital, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
+            scores = evaluate_few_shot(model, params, site.hospital, task=task, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
                                        seed=cfg.seed, device=site.device, splits=scored_splits(site.hospital, cfg.eval),
                                        participant=not site.held_out)
-            unadapted = score_params(model, params, site.hospital, site.device, cfg.eval.split)
+            unadapted = score_params(model, params, site.hospital, site.device, task, cfg.eval.split)
         except NonFiniteModelError as err:
             return Message(Error(code=EVAL_FAILED, reason=str(err)), reply_to=msg)
         score, val = scores[cfg.eval.split], scores.get("validation")

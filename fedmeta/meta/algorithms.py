@@ -24,6 +24,7 @@ from torch import nn
 
 from fedmeta.data.episodes import EpisodeBatch
 from fedmeta.meta.functional import Params, adapt, episode_losses, per_episode_copies
+from fedmeta.tasks import Task
 from fedmeta.tuning.space import FEDERATED_SPACE, SearchSpace
 
 __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
@@ -31,8 +32,11 @@ __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
 
 @dataclass(frozen=True)
 class InnerLoop:
+    """``steps`` SGD steps of size ``lr`` on the task's loss (which the outer loss is as well)."""
+
     steps: int
     lr: float
+    task: Task
 
 
 class MetaAlgorithm(ABC):
@@ -61,9 +65,9 @@ class SecondOrderMAML(MetaAlgorithm):
     def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)
-            fast = adapt(model, theta, batch.x_support, batch.y_support,
+            fast = adapt(model, theta, batch.x_support, batch.y_support, inner.task,
                          steps=inner.steps, lr=inner.lr, create_graph=True, **batch.support())
-            losses = episode_losses(model, fast, batch.x_query, batch.y_query, **batch.query())
+            losses = episode_losses(model, fast, batch.x_query, batch.y_query, inner.task, **batch.query())
             grads = torch.autograd.grad(losses.sum(), list(theta.values()))
         return dict(zip(theta, grads)), losses.detach()
 
@@ -74,9 +78,9 @@ class FirstOrderMAML(MetaAlgorithm):
     def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)
-            fast = adapt(model, theta, batch.x_support, batch.y_support,
+            fast = adapt(model, theta, batch.x_support, batch.y_support, inner.task,
                          steps=inner.steps, lr=inner.lr, create_graph=False, **batch.support())
-            losses = episode_losses(model, fast, batch.x_query, batch.y_query, **batch.query())
+            losses = episode_losses(model, fast, batch.x_query, batch.y_query, inner.task, **batch.query())
             grads = torch.autograd.grad(losses.sum(), list(fast.values()))
         return dict(zip(fast, grads)), losses.detach()
 
@@ -87,10 +91,10 @@ class Reptile(MetaAlgorithm):
     def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
         x, y, w = batch.joined()
         theta = per_episode_copies(params, batch.size)
-        fast = adapt(model, theta, x, y, steps=inner.steps, lr=inner.lr, create_graph=False, **w)
+        fast = adapt(model, theta, x, y, inner.task, steps=inner.steps, lr=inner.lr, create_graph=False, **w)
         with torch.no_grad():
             direction = {k: theta[k] - fast[k] for k in theta}
-            losses = episode_losses(model, fast, x, y, **w)
+            losses = episode_losses(model, fast, x, y, inner.task, **w)
         return direction, losses
 
 
@@ -101,7 +105,7 @@ class FedAvgSGD(MetaAlgorithm):
         x, y, w = batch.joined()
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)
-            losses = episode_losses(model, theta, x, y, **w)
+            losses = episode_losses(model, theta, x, y, inner.task, **w)
             grads = torch.autograd.grad(losses.sum(), list(theta.values()))
         return dict(zip(theta, grads)), losses.detach()
 

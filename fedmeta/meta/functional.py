@@ -10,9 +10,10 @@ episode ``i``'s copy is episode ``i``'s own gradient, and one backward pass serv
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
+
+from fedmeta.tasks import Task
 
 __all__ = ["Params", "params_of", "loss_fn", "per_episode_copies", "episode_losses", "adapt"]
 
@@ -24,9 +25,9 @@ def params_of(model: nn.Module) -> Params:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-def loss_fn(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of the model's logit at ``params`` (one episode, no batch dim)."""
-    return F.binary_cross_entropy_with_logits(functional_call(model, params, (x,)), y)
+def loss_fn(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, task: Task) -> torch.Tensor:
+    """The task's mean loss of the model at ``params`` on one batch (no episode dim)."""
+    return task.example_losses(functional_call(model, params, (x,)), y).mean()
 
 
 def per_episode_copies(params: Params, m: int, requires_grad: bool = True) -> Params:
@@ -35,32 +36,23 @@ def per_episode_copies(params: Params, m: int, requires_grad: bool = True) -> Pa
             for k, v in params.items()}
 
 
-def episode_losses(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
+def episode_losses(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, task: Task,
                    weight: torch.Tensor | None = None, normaliser: float | None = None) -> torch.Tensor:
-    """Loss of each episode ``(m,)`` with per-episode parameters ``{k: (m, *shape)}`` and data ``(m, n, d)``.
-
-    Without ``weight`` it is the mean over the episode's examples. With a 0/1 ``weight`` (padded
-    episodes of varying size) it is ``sum(weight * loss) / normaliser``: a fixed normaliser keeps
-    one record's influence on its episode's loss independent of the other records.
-    """
-    logits = vmap(lambda p, xi: functional_call(model, p, (xi,)))(params, x)
-    per_example = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    if weight is None:
-        return per_example.mean(-1)
-    if normaliser is None:
-        raise ValueError("a weighted episode loss needs a data-independent normaliser")
-    return (per_example * weight).sum(-1) / normaliser
+    """Loss of each episode ``(m,)`` with per-episode parameters ``{k: (m, *shape)}`` and data
+    ``(m, n, ...)`` (``Task.episode_losses``: the mean, or weighted with a fixed normaliser)."""
+    outputs = vmap(lambda p, xi: functional_call(model, p, (xi,)))(params, x)
+    return task.episode_losses(outputs, y, weight, normaliser)
 
 
-def adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float,
-          create_graph: bool, weight: torch.Tensor | None = None, normaliser: float | None = None) -> Params:
+def adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, task: Task, *, steps: int,
+          lr: float, create_graph: bool, weight: torch.Tensor | None = None, normaliser: float | None = None) -> Params:
     """``steps`` SGD steps per episode; with ``create_graph`` the result stays differentiable with
     respect to ``params`` through every step (second order)."""
     names = list(params)
     with torch.enable_grad():
         fast = params
         for _ in range(steps):
-            total = episode_losses(model, fast, x, y, weight, normaliser).sum()
+            total = episode_losses(model, fast, x, y, task, weight, normaliser).sum()
             grads = torch.autograd.grad(total, [fast[k] for k in names], create_graph=create_graph)
             fast = {k: fast[k] - lr * g for k, g in zip(names, grads)}
             if not create_graph:

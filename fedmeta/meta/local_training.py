@@ -32,9 +32,10 @@ def meta_train_locally(
     model: nn.Module, global_params: Params, sampler: EpisodeSampler, cfg: MetaConfig, rng: np.random.Generator,
     episode_hook: Callable[[Params], Params] | None = None,
 ) -> LocalResult:
-    """``episode_hook`` may alter the per-episode gradients of each step (audit canaries only)."""
+    """Outer steps on the sampler's episodes, with its task's loss. ``episode_hook`` may alter the
+    per-episode gradients of each step (audit canaries only)."""
     algorithm = get_algorithm(cfg.algorithm)
-    inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr)
+    inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr, task=sampler.task)
     params = {k: v.detach().clone() for k, v in global_params.items()}
     losses = []
     for _ in range(cfg.outer_steps):

@@ -6,10 +6,10 @@ Independent of ``torch.func``; used to verify the batched engine and as the benc
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedmeta.data.episodes import EpisodeBatch
+from fedmeta.tasks import Task
 
 __all__ = ["reference_maml_gradients"]
 
@@ -19,19 +19,19 @@ def _forward(model: nn.Module, weights: list[torch.Tensor], x: torch.Tensor) -> 
 
 
 def reference_maml_gradients(
-    model: nn.Module, params: dict[str, torch.Tensor], batch: EpisodeBatch, *, steps: int, lr: float
+    model: nn.Module, params: dict[str, torch.Tensor], batch: EpisodeBatch, *, steps: int, lr: float, task: Task
 ) -> list[dict[str, torch.Tensor]]:
-    """Second-order MAML meta-gradient of each episode, one task at a time."""
+    """Second-order MAML meta-gradient of each episode, one at a time, on the task's mean loss."""
     names = list(params)
     out = []
     for i in range(batch.size):
         theta = [params[n].detach().clone().requires_grad_(True) for n in names]
         fast = theta
         for _ in range(steps):
-            loss = F.binary_cross_entropy_with_logits(_forward(model, fast, batch.x_support[i]), batch.y_support[i])
+            loss = task.example_losses(_forward(model, fast, batch.x_support[i]), batch.y_support[i]).mean()
             grads = torch.autograd.grad(loss, fast, create_graph=True)
             fast = [w - lr * g for w, g in zip(fast, grads)]
-        qloss = F.binary_cross_entropy_with_logits(_forward(model, fast, batch.x_query[i]), batch.y_query[i])
+        qloss = task.example_losses(_forward(model, fast, batch.x_query[i]), batch.y_query[i]).mean()
         meta = torch.autograd.grad(qloss, theta)
         out.append(dict(zip(names, meta)))
     return out

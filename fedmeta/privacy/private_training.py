@@ -27,27 +27,28 @@ from fedmeta.privacy.episode_sampling import PoissonEpisodeSampler
 from fedmeta.privacy.plan import DP_SGD, DP_SGD_QUERY, DP_SGD_SUPPORT, EPISODE_CLIPPING, PrivacyPlan
 from fedmeta.privacy.record_dp import RecordLevelDPStep
 from fedmeta.privacy.record_dp_sgd import PerRecordRelease
+from fedmeta.tasks import Task
 
 __all__ = ["meta_train_privately"]
 
 
 def meta_train_privately(
     model: nn.Module, global_params: Params, hospital: Hospital, cfg: MetaConfig, plan: PrivacyPlan, *,
-    rng: np.random.Generator, noise_generator: torch.Generator | None, secure_mode: bool, device: torch.device,
-    noise_scale: float = 1.0, canaries: GradientCanaries | None = None,
+    task: Task, rng: np.random.Generator, noise_generator: torch.Generator | None, secure_mode: bool,
+    device: torch.device, noise_scale: float = 1.0, canaries: GradientCanaries | None = None,
 ) -> LocalResult:
     """``canaries`` (audit runs only) join the hospital's records as gradient canaries."""
     kinds = {r.mechanism for r in plan.releases}
     train = _per_episode_clipping if kinds == {EPISODE_CLIPPING} else _per_record_dp_sgd
-    return train(model, global_params, hospital, cfg, plan, rng=rng, noise_generator=noise_generator,
+    return train(model, global_params, hospital, cfg, plan, task=task, rng=rng, noise_generator=noise_generator,
                  secure_mode=secure_mode, device=device, noise_scale=noise_scale, canaries=canaries)
 
 
-def _per_episode_clipping(model, global_params, hospital, cfg, plan, *, rng, noise_generator, secure_mode,
+def _per_episode_clipping(model, global_params, hospital, cfg, plan, *, task, rng, noise_generator, secure_mode,
                           device, noise_scale, canaries) -> LocalResult:
     release = plan.release(EPISODE_CLIPPING)
     algorithm = get_algorithm(cfg.algorithm)
-    inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr)
+    inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr, task=task)
     sampler = PoissonEpisodeSampler(hospital.x_train, hospital.y_train, sample_rate=release.sample_rate,
                                     episodes=cfg.meta_batch, support_fraction=plan.support_fraction, device=device)
     dp = RecordLevelDPStep(global_params, sigma=plan.sigma, max_grad_norm=plan.max_grad_norm,
@@ -68,7 +69,7 @@ def _per_episode_clipping(model, global_params, hospital, cfg, plan, *, rng, noi
                        episodes=release.steps_per_round * cfg.meta_batch)
 
 
-def _per_record_dp_sgd(model, global_params, hospital, cfg, plan, *, rng, noise_generator, secure_mode,
+def _per_record_dp_sgd(model, global_params, hospital, cfg, plan, *, task, rng, noise_generator, secure_mode,
                        device, noise_scale, canaries) -> LocalResult:
     x = torch.as_tensor(hospital.x_train, device=device)
     y = torch.as_tensor(hospital.y_train, device=device)
@@ -76,7 +77,7 @@ def _per_record_dp_sgd(model, global_params, hospital, cfg, plan, *, rng, noise_
 
     def releaser(mechanism: str, episodes: int) -> PerRecordRelease:
         r = plan.release(mechanism)
-        return PerRecordRelease(model, x, y, shapes=shapes, episodes=episodes, sample_rate=r.sample_rate,
+        return PerRecordRelease(model, x, y, task=task, shapes=shapes, episodes=episodes, sample_rate=r.sample_rate,
                                 sigma=plan.sigma, max_grad_norm=plan.max_grad_norm, generator=noise_generator,
                                 secure_mode=secure_mode, noise_scale=noise_scale)
 

@@ -22,6 +22,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedmeta.meta.functional import Params, episode_losses
+from fedmeta.tasks import Task
 from fedmeta.privacy.canaries import GradientCanaries
 
 __all__ = ["PerRecordRelease"]
@@ -30,12 +31,12 @@ __all__ = ["PerRecordRelease"]
 class PerRecordRelease:
     """``m`` parallel per-record DP-SGD releases at sample rate ``q`` on one hospital's records."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, shapes: Params, episodes: int,
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, task: Task, shapes: Params, episodes: int,
                  sample_rate: float, sigma: float, max_grad_norm: float,
                  generator: torch.Generator | None, secure_mode: bool, noise_scale: float = 1.0):
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-        self.model, self.x, self.y = model, x, y
+        self.model, self.x, self.y, self.task = model, x, y, task
         self.n, self.m, self.q, self.clip = len(y), episodes, sample_rate, max_grad_norm
         self.shapes = {k: v.shape for k, v in shapes.items()}
         self.slots = [{k: nn.Parameter(torch.zeros_like(v)) for k, v in shapes.items()} for _ in range(episodes)]
@@ -65,7 +66,7 @@ class PerRecordRelease:
         copies = {k: v.detach().repeat_interleave(width, 0).requires_grad_() for k, v in params.items()}
         x, y = self.x[idx.reshape(-1)][:, None, :], self.y[idx.reshape(-1)][:, None]
         with torch.enable_grad():
-            losses = episode_losses(self.model, copies, x, y)
+            losses = episode_losses(self.model, copies, x, y, self.task)
             grads = torch.autograd.grad((losses * mask.reshape(-1)).sum(), list(copies.values()))
         return {k: g.contiguous() for k, g in zip(copies, grads)}
 
