@@ -71,7 +71,8 @@ def run(cfg: ExperimentConfig, construction: str, target: float) -> tuple[float,
         for i, h in enumerate(fed.hospitals):
             rng = np.random.default_rng([cfg.seed, r, i])
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            res = meta_train_privately(model, theta, h, cfg.meta, plans[h.name], task=BinaryTask(), rng=rng, noise_generator=gen,
+            res = meta_train_privately(model, theta, h, cfg.meta, plans[h.name], task=BinaryTask(), rng=rng,
+                                       noise_generator=gen,
                                        secure_mode=False, device=cpu)
             updates.append(res.update)
             weights.append(h.n_train)
@@ -81,8 +82,9 @@ def run(cfg: ExperimentConfig, construction: str, target: float) -> tuple[float,
     aucs = []
     for h in fed.hospitals:
         try:
-            aucs.append(evaluate_few_shot(model, theta, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
-                                          device=cpu)["test"].auc)
+            aucs.append(evaluate_few_shot(model, theta, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta,
+                                          seed=cfg.seed,
+                                          device=cpu)["test"].value)
         except ValueError:
             aucs.append(float("nan"))
     return float(np.nanmean(aucs)), float(np.nanmin(aucs)), worst_eps

@@ -64,7 +64,8 @@ def main() -> None:
             meta_train_locally(model, params, sampler, cfg.meta, rng)
 
         def private() -> None:
-            meta_train_privately(model, params, hospital, cfg.meta, plan, task=BinaryTask(), rng=rng, noise_generator=None,
+            meta_train_privately(model, params, hospital, cfg.meta, plan, task=BinaryTask(), rng=rng,
+                                 noise_generator=None,
                                  secure_mode=False, device=cpu)
 
         for _ in range(3):

@@ -31,12 +31,16 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _print_summary(results: dict) -> None:
+    from fedmeta.tasks import metric_label
+
+    primary, *others = results["metrics"]
     for role, s in results["summary"].items():
         label = "participating hospitals" if role == "train" else "held-out hospitals"
-        print(f"{label}: mean AUC {s['mean_auc']:.3f}, worst-site AUC {s['worst_auc']:.3f} "
-              f"({s['worst_site']}), mean accuracy {s['mean_accuracy']:.3f}")
+        print(f"{label}: mean {metric_label(primary)} {s[f'mean_{primary}']:.3f}, worst-site {metric_label(primary)} "
+              f"{s[f'worst_{primary}']:.3f} ({s['worst_site']})"
+              + "".join(f", mean {metric_label(k)} {s[f'mean_{k}']:.3f}" for k in others))
     for h, m in results["final"].items():
-        print(f"  {h:<16} {m['role']:<9} AUC {m['auc']:.3f}  accuracy {m['accuracy']:.3f}")
+        print(f"  {h:<16} {m['role']:<9} " + "  ".join(f"{metric_label(k)} {m[k]:.3f}" for k in results["metrics"]))
     for h in results.get("final_missing", []):
         print(f"  {h:<16} no final score (its last evaluation failed; see results.json)")
 

@@ -22,6 +22,7 @@ from fedmeta import local_baseline, pooled_baseline
 from fedmeta.meta.algorithms import get_algorithm
 from fedmeta.tuning.space import SearchSpace
 from fedmeta.paired import paired_table
+from fedmeta.tasks import Task, build_task, metric_label
 
 __all__ = ["BASELINES", "COMPARED", "run_comparison", "comparison_markdown"]
 
@@ -70,15 +71,20 @@ def counted(per_hospital: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
     return held or per_hospital
 
 
-def _summary(per_hospital: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    aucs = {h: m["auc"] for h, m in per_hospital.items()}
-    worst = min(aucs, key=aucs.__getitem__)
+def summary_keys(task: Task) -> tuple[str, ...]:
+    """What a comparison reports per seed: mean and worst-site primary metric, mean of the others."""
+    return (f"mean_{task.primary}", f"worst_{task.primary}", *(f"mean_{k}" for k in task.metric_names[1:]))
+
+
+def _summary(per_hospital: dict[str, dict[str, Any]], task: Task) -> dict[str, Any]:
+    primary = {h: m[task.primary] for h, m in per_hospital.items()}
+    worst = min(primary, key=primary.__getitem__)
     return {
         "hospitals": per_hospital,
-        "mean_auc": float(np.mean(list(aucs.values()))),
-        "worst_auc": aucs[worst],
+        f"mean_{task.primary}": float(np.mean(list(primary.values()))),
+        f"worst_{task.primary}": primary[worst],
         "worst_site": worst,
-        "mean_accuracy": float(np.mean([m["accuracy"] for m in per_hospital.values()])),
+        **{f"mean_{k}": float(np.mean([m[k] for m in per_hospital.values()])) for k in task.metric_names[1:]},
     }
 
 
@@ -98,6 +104,7 @@ def run_comparison(
     unknown = [a for a in algorithms if a not in COMPARED]
     if unknown:
         raise FedMetaError(f"--algorithms: unknown {unknown} (expected some of {', '.join(COMPARED)})")
+    task = build_task(cfg.task)
     table: dict[str, Any] = {}
     n_folds = len(folds(cfg))
     total, done = len(algorithms) * len(seeds) * n_folds, 0
@@ -125,18 +132,19 @@ def run_comparison(
                     res = run["final"]
                     missing += [h for h in run.get("final_missing", []) if not fold or h == fold]
                 per_hospital.update(counted(res))
-            table[algo]["seeds"][str(seed)] = {**_summary(per_hospital), "missing": missing}
+            table[algo]["seeds"][str(seed)] = {**_summary(per_hospital, task), "missing": missing}
         s = table[algo]["seeds"].values()
-        for key in ("mean_auc", "worst_auc", "mean_accuracy"):
+        for key in summary_keys(task):
             vals = [x[key] for x in s]
             table[algo][key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
-    for algo, paired in paired_table(table).items():
+    for algo, paired in paired_table(table, summary_keys(task)[:2]).items():
         table[algo]["paired"] = paired
     result = {
         "tuning_trials": next((t["trials"] for row in table.values() for t in row.get("tuning", {}).values()), 0),
         "mode": "leave-one-hospital-out" if cfg.data.leave_one_out else
                 ("unseen hospitals" if cfg.data.held_out else "personalisation"),
         "seeds": seeds,
+        "metrics": list(task.metric_names),  # the first is the primary one
         "algorithms": table,
         "config": json.loads(cfg.to_json()),
     }
@@ -160,8 +168,9 @@ def _tuning_lines(result: dict[str, Any]) -> list[str]:
     if not tuned:
         return ["", "Not tuned: every algorithm ran with the config's settings."]
     lines = ["", f"Tuned on validation only ({result['tuning_trials']} trials per algorithm, seed and fold; Optuna "
-             "TPE, median pruner): the mean best validation AUC, and what the first tuning chose (all of them in "
-             "comparison.json).", "", "| algorithm | validation AUC | chosen settings |", "|---|---|---|"]
+             f"TPE, median pruner): the mean best validation {metric_label(result['metrics'][0])}, and what the first "
+             "tuning chose (all of them in comparison.json).", "",
+             f"| algorithm | validation {metric_label(result['metrics'][0])} | chosen settings |", "|---|---|---|"]
     for name, runs in tuned.items():
         first = next(iter(runs.values()))["best"]
         val = np.mean([r["best"]["validation_auc"] for r in runs.values()])
@@ -173,24 +182,28 @@ def _tuning_lines(result: dict[str, Any]) -> list[str]:
 
 def comparison_markdown(result: dict[str, Any]) -> str:
     algos = result["algorithms"]
+    primary, *others = result["metrics"]
+    p = metric_label(primary)
+    keys = (f"mean_{primary}", f"worst_{primary}", *(f"mean_{k}" for k in others))
     lines = [
         f"Mode: {result['mode']}; seeds {', '.join(map(str, result['seeds']))}; "
-        "AUC after few-shot adaptation on each hospital's test split (mean ± std over seeds).",
+        f"{p} after few-shot adaptation on each hospital's test split (mean ± std over seeds).",
         "",
-        "| algorithm | mean AUC | worst-site AUC | mean accuracy |",
-        "|---|---|---|---|",
+        "| " + " | ".join(["algorithm", f"mean {p}", f"worst-site {p}", *(f"mean {metric_label(k)}" for k in others)])
+        + " |",
+        "|---" * (len(keys) + 1) + "|",
     ]
     for name, row in algos.items():
-        cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("mean_auc", "worst_auc", "mean_accuracy")]
+        cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in keys]
         lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
     paired = {name: row["paired"] for name, row in algos.items() if "paired" in row}
     if paired:
         reference = next(iter(paired.values()))["reference"]
         lines += ["", f"Difference to {reference}, paired by seed (mean [95% interval over seeds]; an interval "
                   "that excludes 0 is a difference these seeds support):", "",
-                  "| algorithm | Δ mean AUC | Δ worst-site AUC |", "|---|---|---|"]
-        for name, p in paired.items():
-            lines.append(f"| {name} | " + " | ".join(_interval(p[m]) for m in ("mean_auc", "worst_auc")) + " |")
+                  f"| algorithm | Δ mean {p} | Δ worst-site {p} |", "|---|---|---|"]
+        for name, d in paired.items():
+            lines.append(f"| {name} | " + " | ".join(_interval(d[m]) for m in keys[:2]) + " |")
     lines += _tuning_lines(result)
     missing = [f"{name} seed {seed}: {', '.join(s['missing'])}" for name, row in algos.items()
                for seed, s in row["seeds"].items() if s.get("missing")]
@@ -198,12 +211,12 @@ def comparison_markdown(result: dict[str, Any]) -> str:
         lines += ["", "No final score (the model diverged at these hospitals; left out of mean and worst): "
                   + "; ".join(missing)]
     hospitals = sorted({h for row in algos.values() for s in row["seeds"].values() for h in s["hospitals"]})
-    lines += ["", "Per hospital (AUC, mean over seeds):", "",
+    lines += ["", f"Per hospital ({p}, mean over seeds):", "",
               "| algorithm | " + " | ".join(hospitals) + " |", "|---" * (len(hospitals) + 1) + "|"]
     for name, row in algos.items():
         cells = []
         for h in hospitals:
-            vals = [s["hospitals"][h]["auc"] for s in row["seeds"].values() if h in s["hospitals"]]
+            vals = [s["hospitals"][h][primary] for s in row["seeds"].values() if h in s["hospitals"]]
             cells.append(f"{np.mean(vals):.3f}" if vals else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -85,6 +85,7 @@ class TaskConfig(_Section):
     """What is learned from the labels (``fedmeta.tasks``): its loss, metrics and k-shot strata."""
 
     kind: str = "binary"
+    classes: int = Field(0, ge=0, description="multiclass: the number of classes K (labels 0..K-1)")
 
     @field_validator("kind")
     @classmethod
@@ -94,6 +95,14 @@ class TaskConfig(_Section):
         if kind not in TASKS:
             raise ValueError(f"unknown task (expected one of {', '.join(TASKS)})")
         return kind
+
+    @model_validator(mode="after")
+    def _classes(self) -> "TaskConfig":
+        if self.kind == "multiclass" and self.classes < 2:
+            raise ValueError("classes: a multiclass task needs task.classes >= 2 (labels 0..classes-1)")
+        if self.kind == "binary" and self.classes not in (0, 2):
+            raise ValueError("classes: a binary task has 2 classes (set task.kind = \"multiclass\" for more)")
+        return self
 
 
 class ModelConfig(_Section):

@@ -22,17 +22,24 @@ __all__ = ["Score", "score_params", "evaluate_few_shot", "mean_score", "scored_s
 
 
 class NonFiniteModelError(ValueError):
-    """Parameters that give NaN/inf predictions: there is no AUC to report."""
+    """Parameters that give NaN/inf predictions: there is no metric to report."""
 
 
 @dataclass(frozen=True)
 class Score:
-    auc: float
-    accuracy: float
-    pairs: int = 0  # (positive, negative) pairs of the scored split: how much its AUC can tell
+    """The task's metrics of one split, its primary metric's name, and the comparisons that metric
+    made on the split (``Task.pairs``: how much it can tell)."""
 
-    def as_dict(self) -> dict[str, float]:
-        return {"auc": self.auc, "accuracy": self.accuracy}
+    metrics: dict[str, float]
+    primary: str
+    pairs: int
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.primary]
+
+    def __getitem__(self, name: str) -> float:
+        return self.metrics[name]
 
 
 def score_params(model: nn.Module, params: Params, hospital: Hospital, device: torch.device, task: Task,
@@ -45,8 +52,7 @@ def score_params(model: nn.Module, params: Params, hospital: Hospital, device: t
     if not np.isfinite(predictions).all():
         raise NonFiniteModelError(f"hospital {hospital.name}: the model's predictions are not finite "
                                   "(diverged training or adaptation)")
-    metrics = task.metrics(y, predictions)
-    return Score(auc=metrics["auc"], accuracy=metrics["accuracy"], pairs=task.pairs(y))
+    return Score(task.metrics(y, predictions), task.primary, task.pairs(y))
 
 
 def evaluate_few_shot(
@@ -81,14 +87,14 @@ def scored_splits(hospital: Hospital, eval_cfg: EvalConfig) -> tuple[str, ...]:
 
 
 def scores_row(scores: dict[str, Score], role: str, eval_cfg: EvalConfig) -> dict[str, float | str]:
-    """One hospital's row: AUC/accuracy on the reported split, and validation ones (``val_*``)."""
+    """One hospital's row: the task's metrics on the reported split, and on validation (``val_*``,
+    with ``val_pairs``)."""
     val = scores.get("validation")
-    return {**scores[eval_cfg.split].as_dict(),
-            **({"val_auc": val.auc, "val_accuracy": val.accuracy, "val_pairs": val.pairs} if val else {}),
-            "role": role}
+    extra = {**{f"val_{k}": v for k, v in val.metrics.items()}, "val_pairs": val.pairs} if val else {}
+    return {**scores[eval_cfg.split].metrics, **extra, "role": role}
 
 
 def mean_score(scores: list[Score]) -> Score:
-    """The mean over scores of one split (its pairs are the split's)."""
-    return Score(auc=float(np.mean([s.auc for s in scores])), accuracy=float(np.mean([s.accuracy for s in scores])),
-                 pairs=scores[0].pairs)
+    """The mean of each metric over scores of one split (its pairs are the split's)."""
+    first = scores[0]
+    return Score({k: float(np.mean([s[k] for s in scores])) for k in first.metrics}, first.primary, first.pairs)

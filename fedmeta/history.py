@@ -11,15 +11,16 @@ __all__ = ["MISS_KINDS", "RoundRecord", "RunHistory", "validation_score"]
 MISS_KINDS = ("no-reply", "error", "dropped", "declined", "refused")
 
 
-def validation_score(rows: list[dict[str, Any]]) -> float | None:
-    """The within-hospital validation AUC of hospital rows: each hospital's ``val_auc`` weighted by
-    its (positive, negative) pairs, i.e. the fraction of same-hospital pairs ranked right. A split
-    with one negative patient counts as the few pairs it has, not as a quarter of the verdict.
-    None if a row lacks a validation score."""
-    if any(r.get("val_auc") is None or not r.get("val_pairs") for r in rows):
+def validation_score(rows: list[dict[str, Any]], primary: str = "auc") -> float | None:
+    """The within-hospital validation score of hospital rows: each hospital's validation ``primary``
+    metric weighted by the pairs it compared (for AUC its (positive, negative) pairs: the fraction of
+    same-hospital pairs ranked right). A split with one negative patient counts as the few pairs it
+    has, not as a quarter of the verdict. None if a row lacks a validation score."""
+    key = f"val_{primary}"
+    if any(r.get(key) is None or not r.get("val_pairs") for r in rows):
         return None
     pairs = sum(r["val_pairs"] for r in rows)
-    return sum(r["val_auc"] * r["val_pairs"] for r in rows) / pairs
+    return sum(r[key] * r["val_pairs"] for r in rows) / pairs
 
 
 @dataclass
@@ -51,6 +52,7 @@ class RunHistory:
     # longer holds that head (deleted, rolled back, rewritten) is refused by its hospital.
     ledgers: dict[str, dict[str, Any]] = field(default_factory=dict)
     kept_round: int = 0  # the round whose model the run ended with (eval.keep = "best"); 0: the last
+    primary: str = "auc"  # the task's primary metric, which validation selects on
 
     def counted(self) -> list[str]:
         """The hospitals a run is judged on: the held-out ones when any are held out, else all."""
@@ -60,7 +62,7 @@ class RunHistory:
     def validation_auc(self, r: int) -> float | None:
         """The validation score of round ``r`` over the counted hospitals; None if one lacks it."""
         scores = self.round(r).eval
-        return validation_score([scores.get(h, {}) for h in self.counted()])
+        return validation_score([scores.get(h, {}) for h in self.counted()], self.primary)
 
     def round(self, r: int) -> RoundRecord:
         for rec in self.rounds:
@@ -84,6 +86,7 @@ class RunHistory:
             "devices": self.devices,
             "ledgers": self.ledgers,
             "kept_round": self.kept_round,
+            "primary": self.primary,
             "rounds": [vars(r) for r in self.rounds],
         }
 
@@ -91,5 +94,5 @@ class RunHistory:
     def from_dict(cls, data: dict[str, Any]) -> "RunHistory":
         return cls(hospitals=dict(data["hospitals"]), devices=dict(data.get("devices", {})),
                    ledgers={h: dict(v) for h, v in data.get("ledgers", {}).items()},
-                   kept_round=int(data.get("kept_round", 0)),
+                   kept_round=int(data.get("kept_round", 0)), primary=str(data.get("primary", "auc")),
                    rounds=[RoundRecord(**r) for r in data["rounds"]])

@@ -24,7 +24,7 @@ from fedmeta.meta.local_training import LocalResult, meta_train_locally
 from fedmeta.privacy.budget import HospitalBudget
 from fedmeta.privacy.canaries import GradientCanaries, add_canaries, make_canaries
 from fedmeta.privacy.client_dp import privatize_update
-from fedmeta.privacy.plan import PrivacyPlan
+from fedmeta.privacy.plan import PrivacyPlan, support_records
 from fedmeta.privacy.private_training import meta_train_privately
 from fedmeta.tasks import build_task
 
@@ -82,7 +82,7 @@ def _train_plainly(cfg: ExperimentConfig, hospital: Hospital, model: nn.Module, 
                              query=cfg.meta.query, device=device)
     hook = None
     if canaries is not None:
-        rate = min(1.0, cfg.meta.meta_batch * (2 * cfg.meta.shots + cfg.meta.query) / hospital.n_train)
+        rate = min(1.0, cfg.meta.meta_batch * (support_records(cfg) + cfg.meta.query) / hospital.n_train)
         hook = partial(add_canaries, canaries=canaries, sample_rate=rate, magnitude=cfg.privacy.max_grad_norm,
                        rng=rng)
     return meta_train_locally(model, params, sampler, cfg.meta, rng, episode_hook=hook)

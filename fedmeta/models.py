@@ -12,20 +12,23 @@ __all__ = ["MLP", "build_model", "check_meta_trainable", "pick_device"]
 
 
 class MLP(nn.Module):
-    """ReLU MLP with one output logit (binary outcome); no hidden layers = logistic regression."""
+    """ReLU MLP; no hidden layers = logistic regression. One output (a binary outcome's logit) is
+    returned as ``(n,)``, K outputs (K classes) as ``(n, K)``."""
 
-    def __init__(self, in_features: int, hidden: list[int]):
+    def __init__(self, in_features: int, hidden: list[int], n_outputs: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
+        self.n_outputs = n_outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        out = self.net(x)
+        return out.squeeze(-1) if self.n_outputs == 1 else out
 
 
 def check_meta_trainable(model: nn.Module) -> None:
@@ -38,10 +41,11 @@ def check_meta_trainable(model: nn.Module) -> None:
             )
 
 
-def build_model(cfg: ModelConfig, n_features: int, seed: int) -> nn.Module:
-    """The model with a seeded initialisation (the same on every process that builds it)."""
+def build_model(cfg: ModelConfig, n_features: int, seed: int, n_outputs: int = 1) -> nn.Module:
+    """The model with a seeded initialisation (the same on every process that builds it);
+    ``n_outputs`` is the task's (``Task.n_outputs``)."""
     torch.manual_seed(seed)
-    model = MLP(n_features, list(cfg.hidden))
+    model = MLP(n_features, list(cfg.hidden), n_outputs)
     check_meta_trainable(model)
     return model
 

@@ -14,25 +14,25 @@ from torch import nn
 
 from fedmeta.config import ExperimentConfig
 from fedmeta.history import RunHistory
+from fedmeta.tasks import Task, build_task, metric_label
 
 __all__ = ["summarise", "write_run_outputs", "plot_metric", "missed_rounds"]
 
 
-def summarise(per_hospital: dict[str, dict[str, float]], roles: dict[str, str]) -> dict[str, Any]:
-    """Mean and worst-site AUC/accuracy, separately for training and held-out hospitals."""
+def summarise(per_hospital: dict[str, dict[str, float]], roles: dict[str, str], task: Task) -> dict[str, Any]:
+    """Mean and worst-site value of each of the task's metrics (``mean_auc``, ``worst_auc``, ...) and
+    the worst site by the primary one, separately for training and held-out hospitals."""
     out: dict[str, Any] = {}
     for role in ("train", "held-out"):
         rows = {h: m for h, m in per_hospital.items() if roles.get(h) == role}
         if not rows:
             continue
-        aucs = [m["auc"] for m in rows.values()]
-        accs = [m["accuracy"] for m in rows.values()]
-        worst = min(rows, key=lambda h: rows[h]["auc"])
-        out[role] = {
-            "hospitals": len(rows),
-            "mean_auc": float(np.mean(aucs)), "worst_auc": float(np.min(aucs)), "worst_site": worst,
-            "mean_accuracy": float(np.mean(accs)), "worst_accuracy": float(np.min(accs)),
-        }
+        summary: dict[str, Any] = {"hospitals": len(rows)}
+        for name in task.metric_names:
+            values = [m[name] for m in rows.values()]
+            summary |= {f"mean_{name}": float(np.mean(values)), f"worst_{name}": float(np.min(values))}
+        summary["worst_site"] = min(rows, key=lambda h: rows[h][task.primary])
+        out[role] = summary
     return out
 
 
@@ -50,7 +50,7 @@ def plot_metric(history: RunHistory, metric: str, path: Path, title: str, split:
             ax.plot(xs, ys, marker="o", ms=3, ls="-" if role == "train" else "--",
                     label=hospital + (" (held out)" if role != "train" else ""))
     ax.set_xlabel("round")
-    ax.set_ylabel(f"{split} {'AUC' if metric == 'auc' else metric} after few-shot adaptation")
+    ax.set_ylabel(f"{split} {metric_label(metric)} after few-shot adaptation")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -75,9 +75,11 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
     final = history.final_eval()
+    task = build_task(cfg.task)
     results = {
         "algorithm": cfg.meta.algorithm,
         "seed": cfg.seed,
+        "metrics": list(task.metric_names),  # the first is the primary one
         "rounds_completed": sum(1 for r in history.rounds if r.aggregated),
         "stopped_early": stop_reason,
         "resumed_from_round": resumed_from_round,
@@ -87,7 +89,7 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
         "validation_auc": {str(r.round): v for r in history.rounds if (v := history.validation_auc(r.round)) is not None},
         "final": {h: {**m, "role": history.hospitals[h]} for h, m in sorted(final.items())},
         "final_missing": sorted(set(history.hospitals) - set(final)),
-        "summary": summarise(final, history.hospitals),
+        "summary": summarise(final, history.hospitals, task),
         "timings": {**timings, "round_s": [r.seconds for r in history.rounds]},
         "history": history.to_dict(),
         "runtime": runtime or {},
@@ -96,18 +98,17 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     with (out_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["round", "hospital", "role", "auc", "accuracy", "auc_unadapted", "val_auc", "train_loss",
-                    "missed"])
+        scored = [*task.metric_names, f"{task.primary}_unadapted", f"val_{task.primary}"]
+        w.writerow(["round", "hospital", "role", *scored, "train_loss", "missed"])
         for r in history.rounds:
             for h, role in history.hospitals.items():
                 if h in r.eval or h in r.train or h in r.missed:
                     ev = r.eval.get(h, {})
-                    w.writerow([r.round, h, role, ev.get("auc", ""), ev.get("accuracy", ""),
-                                ev.get("auc_unadapted", ""), ev.get("val_auc", ""),
+                    w.writerow([r.round, h, role, *(ev.get(k, "") for k in scored),
                                 r.train.get(h, {}).get("train-loss", ""),
                                 ": ".join(r.missed[h].values()) if h in r.missed else ""])
     torch.save(model.state_dict(), out_dir / "model.pt")
     title = f"{cfg.meta.algorithm}, seed {cfg.seed}"
-    plot_metric(history, "auc", out_dir / "auc_per_round.png", title, cfg.eval.split)
-    plot_metric(history, "accuracy", out_dir / "accuracy_per_round.png", title, cfg.eval.split)
+    for name in task.metric_names:
+        plot_metric(history, name, out_dir / f"{name}_per_round.png", title, cfg.eval.split)
     return results

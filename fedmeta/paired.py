@@ -16,7 +16,6 @@ from scipy import stats
 __all__ = ["REFERENCE", "paired_difference", "paired_table"]
 
 REFERENCE = "fedavg"  # FedAvg + fine-tune: what users pick instead of meta-learning
-METRICS = ("mean_auc", "worst_auc")
 
 
 def paired_difference(values: dict[str, float], reference: dict[str, float], confidence: float = 0.95
@@ -31,14 +30,15 @@ def paired_difference(values: dict[str, float], reference: dict[str, float], con
     return {"seeds": len(diffs), "mean": mean, "low": mean - half, "high": mean + half}
 
 
-def paired_table(algorithms: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each algorithm's paired difference to FedAvg + fine-tune (else to the first algorithm) in mean
-    and worst-site AUC; the reference itself is left out."""
+def paired_table(algorithms: dict[str, Any], metrics: tuple[str, ...] = ("mean_auc", "worst_auc")
+                 ) -> dict[str, dict[str, Any]]:
+    """Each algorithm's paired difference to FedAvg + fine-tune (else to the first algorithm) in
+    ``metrics`` (mean and worst-site primary metric); the reference itself is left out."""
     if not algorithms:
         return {}
     reference = REFERENCE if REFERENCE in algorithms else next(iter(algorithms))
-    per_seed = {name: {m: {s: r[m] for s, r in row["seeds"].items()} for m in METRICS}
+    per_seed = {name: {m: {s: r[m] for s, r in row["seeds"].items()} for m in metrics}
                 for name, row in algorithms.items()}
     return {name: {"reference": reference,
-                   **{m: paired_difference(per_seed[name][m], per_seed[reference][m]) for m in METRICS}}
+                   **{m: paired_difference(per_seed[name][m], per_seed[reference][m]) for m in metrics}}
             for name in algorithms if name != reference}

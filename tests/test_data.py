@@ -15,7 +15,8 @@ from fedmeta.data.hospital import RawSite, preprocess_site
 from fedmeta.data.sources import load_federation
 from fedmeta.data.synthetic import generate_synthetic
 from fedmeta.data.uci_heart import load_uci_heart_sites
-from fedmeta.tasks import BinaryTask
+from fedmeta.errors import FedMetaError
+from fedmeta.tasks import BinaryTask, MulticlassTask
 
 UCI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "uci-heart-disease"
 
@@ -72,7 +73,8 @@ def _write_csvs(tmp_path: Path) -> Path:
 
 
 def test_csv_source_reads_one_hospital_per_file(tmp_path):
-    sites, features = load_csv_sites(DataConfig(source="csv", dir=str(_write_csvs(tmp_path)), label="label"))
+    sites, features = load_csv_sites(DataConfig(source="csv", dir=str(_write_csvs(tmp_path)), label="label"),
+                                     BinaryTask())
     assert [s.name for s in sites] == ["alpha", "beta", "gamma"]
     assert features == ["age", "bp"]
     assert sites[0].x.shape == (60, 2) and np.isnan(sites[0].x).sum() == 1
@@ -80,12 +82,19 @@ def test_csv_source_reads_one_hospital_per_file(tmp_path):
 
 @pytest.mark.skipif(not UCI_DIR.is_dir(), reason="shared UCI Heart Disease data not present")
 def test_uci_heart_counts_match_the_source():
-    sites, features = load_uci_heart_sites(DataConfig(source="uci-heart", dir=str(UCI_DIR)))
+    sites, features = load_uci_heart_sites(DataConfig(source="uci-heart", dir=str(UCI_DIR)), BinaryTask())
     got = {s.name: (len(s.y), int(s.y.sum())) for s in sites}
     assert got == {"cleveland": (303, 139), "hungarian": (294, 106), "switzerland": (123, 115), "va": (200, 149)}
     assert len(features) == sites[0].x.shape[1]
     chol = features.index("chol")
     assert np.isnan(sites[2].x[:, chol]).all()  # Switzerland records no cholesterol (0 = missing)
+    # Severity as 5 classes: the counts of num = 0..4 in each processed file.
+    severity, _ = load_uci_heart_sites(DataConfig(source="uci-heart", dir=str(UCI_DIR)), MulticlassTask(5))
+    assert {s.name: np.bincount(s.y.astype(int), minlength=5).tolist() for s in severity} == {
+        "cleveland": [164, 55, 36, 35, 13], "hungarian": [188, 106, 0, 0, 0],
+        "switzerland": [8, 48, 32, 30, 5], "va": [51, 56, 41, 42, 10]}
+    with pytest.raises(FedMetaError, match="5 severity classes"):
+        load_uci_heart_sites(DataConfig(source="uci-heart", dir=str(UCI_DIR)), MulticlassTask(3))
 
 
 def test_episodes_are_stratified_and_disjoint():

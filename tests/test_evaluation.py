@@ -45,9 +45,10 @@ def test_a_participant_adapts_on_its_whole_train_split_when_asked(participant):
     if participant:  # one adaptation, on every train example
         w1, b1 = _by_hand(w, b, h.x_train, h.y_train, cfg.meta.inner_steps, cfg.meta.inner_lr)
         prob = torch.sigmoid(torch.as_tensor(h.x_test).double() @ w1.T + b1).squeeze(-1).numpy()
-        assert score.auc == pytest.approx(roc_auc_score(h.y_test, prob), abs=1e-9)
+        assert score["auc"] == pytest.approx(roc_auc_score(h.y_test, prob), abs=1e-9)
     else:  # a held-out hospital keeps the k-shot protocol whatever adapt_on says
         shots = load_config(CI, ["model.hidden=[]", "eval.draws=3", "meta.inner_steps=4"])
-        same = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=shots.eval, meta_cfg=shots.meta, seed=cfg.seed,
+        same = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=shots.eval, meta_cfg=shots.meta,
+                                 seed=cfg.seed,
                                  device=torch.device("cpu"))["test"]
         assert score == same

@@ -33,7 +33,8 @@ def _few_shot_auc_after(algorithm: str, rounds: int, seed: int) -> float:
     model = build_model(cfg.model, fed.n_features, cfg.seed)
     server = ServerMetaOptimizer(params_of(model), cfg.server)
     cpu = torch.device("cpu")
-    samplers = [EpisodeSampler(h.x_train, h.y_train, task=BinaryTask(), shots=cfg.meta.shots, query=cfg.meta.query, device=cpu)
+    samplers = [EpisodeSampler(h.x_train, h.y_train, task=BinaryTask(), shots=cfg.meta.shots, query=cfg.meta.query,
+                               device=cpu)
                 for h in fed.hospitals]
     for r in range(1, rounds + 1):
         theta = server.current()
@@ -43,8 +44,9 @@ def _few_shot_auc_after(algorithm: str, rounds: int, seed: int) -> float:
         weights /= weights.sum()
         server.step({k: sum(w * res.update[k] for w, res in zip(weights, results)) for k in theta})
     theta = server.current()
-    return float(np.mean([evaluate_few_shot(model, theta, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=seed,
-                                            device=cpu)["test"].auc for h in fed.hospitals]))
+    return float(np.mean([evaluate_few_shot(model, theta, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta,
+                                            seed=seed,
+                                            device=cpu)["test"].value for h in fed.hospitals]))
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile", "fedavg"])

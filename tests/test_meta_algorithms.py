@@ -19,7 +19,7 @@ from fedmeta.meta.algorithms import ALGORITHMS, InnerLoop, get_algorithm
 from fedmeta.meta.functional import params_of
 from fedmeta.meta.reference import reference_maml_gradients
 from fedmeta.models import MLP, build_model, check_meta_trainable
-from fedmeta.tasks import BinaryTask
+from fedmeta.tasks import BinaryTask, MulticlassTask
 
 INNER = InnerLoop(steps=3, lr=0.3, task=BinaryTask())
 
@@ -59,6 +59,22 @@ def test_maml_matches_per_task_autograd_reference(hidden):
     params = params_of(model)
     grads, _ = ALGORITHMS["maml"].episode_gradients(model, params, batch, INNER)
     ref = reference_maml_gradients(model, params, batch, steps=INNER.steps, lr=INNER.lr, task=INNER.task)
+    for i, r in enumerate(ref):
+        for k in params:
+            torch.testing.assert_close(grads[k][i], r[k], rtol=1e-10, atol=1e-12)
+
+
+def test_multiclass_maml_matches_the_per_task_reference():
+    """K outputs and cross-entropy: the batched second-order meta-gradient is still the loop's."""
+    torch.manual_seed(1)
+    model, batch = MLP(5, [8], n_outputs=3).double(), _batch()
+    g = torch.Generator().manual_seed(3)
+    batch = EpisodeBatch(batch.x_support, torch.randint(0, 3, (3, 4), generator=g).double(),
+                         batch.x_query, torch.randint(0, 3, (3, 6), generator=g).double())
+    inner = InnerLoop(steps=3, lr=0.3, task=MulticlassTask(3))
+    params = params_of(model)
+    grads, _ = ALGORITHMS["maml"].episode_gradients(model, params, batch, inner)
+    ref = reference_maml_gradients(model, params, batch, steps=inner.steps, lr=inner.lr, task=inner.task)
     for i, r in enumerate(ref):
         for k in params:
             torch.testing.assert_close(grads[k][i], r[k], rtol=1e-10, atol=1e-12)
@@ -201,7 +217,8 @@ def test_padded_episodes_with_zero_weights_equal_the_unpadded_ones(name):
     model, batch = _model([6]), _batch(m=2, s=4, q=6)
     params = params_of(model)
     g = torch.Generator().manual_seed(5)
-    pad_s, pad_q = torch.randn(2, 3, 5, generator=g, dtype=torch.float64), torch.randn(2, 2, 5, generator=g, dtype=torch.float64)
+    pad_s, pad_q = torch.randn(2, 3, 5, generator=g, dtype=torch.float64), torch.randn(2, 2, 5, generator=g,
+                                                                                       dtype=torch.float64)
     padded = EpisodeBatch(
         torch.cat([batch.x_support, pad_s], 1), torch.cat([batch.y_support, torch.ones(2, 3, dtype=torch.float64)], 1),
         torch.cat([batch.x_query, pad_q], 1), torch.cat([batch.y_query, torch.zeros(2, 2, dtype=torch.float64)], 1),

@@ -44,7 +44,8 @@ def test_every_algorithm_is_paired_with_fedavg_and_the_table_shows_it():
     for row in algos.values():
         for s in row["seeds"].values():
             s.update(hospitals={}, mean_accuracy=0.7)
-    text = comparison_markdown({"mode": "personalisation", "seeds": [0, 1], "algorithms": algos})
+    text = comparison_markdown({"mode": "personalisation", "seeds": [0, 1], "metrics": ["auc", "accuracy"],
+                                "algorithms": algos})
     assert "Difference to fedavg, paired by seed" in text and "| fedmeta-maml | +0.015 [" in text
 
 

@@ -70,7 +70,8 @@ def test_noise_is_sigma_c_over_the_expected_sample_and_independent_per_episode()
     model, x, y = _model_and_data(n=40)
     m, c, sigma, q = 2, 0.5, 1.3, 0.25
     big = {"w": torch.zeros(m, 100_000, dtype=torch.float64)}
-    release = PerRecordRelease(model, x, y, task=BinaryTask(), shapes={"w": big["w"][0]}, episodes=m, sample_rate=q, sigma=sigma,
+    release = PerRecordRelease(model, x, y, task=BinaryTask(), shapes={"w": big["w"][0]}, episodes=m, sample_rate=q,
+                               sigma=sigma,
                                max_grad_norm=c, generator=torch.Generator().manual_seed(0), secure_mode=False)
     # Zero per-record gradients: what comes out is the noise alone, scaled by 1 / (q n).
     release._record_gradients = lambda params, idx, mask: {"w": torch.zeros(idx.numel(), 100_000,
@@ -83,7 +84,8 @@ def test_noise_is_sigma_c_over_the_expected_sample_and_independent_per_episode()
 
 def test_samples_are_fresh_poisson_draws_padded_never_cut():
     model, x, y = _model_and_data(n=200)
-    release = PerRecordRelease(model, x, y, task=BinaryTask(), shapes={"w": torch.zeros(1)}, episodes=4, sample_rate=0.1, sigma=1.0,
+    release = PerRecordRelease(model, x, y, task=BinaryTask(), shapes={"w": torch.zeros(1)}, episodes=4,
+                               sample_rate=0.1, sigma=1.0,
                                max_grad_norm=1.0, generator=None, secure_mode=False)
     rng = np.random.default_rng(0)
     sizes = []

@@ -149,5 +149,5 @@ def test_a_run_keeps_its_best_validation_round(tmp_path):
     h = fed.hospitals[0]
     val = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
                             device=torch.device("cpu"), splits=("validation",))["validation"]
-    assert val.auc == pytest.approx(kept["eval"][h.name]["val_auc"], abs=1e-9)
+    assert val["auc"] == pytest.approx(kept["eval"][h.name]["val_auc"], abs=1e-9)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["eval"]["keep"] == "best"

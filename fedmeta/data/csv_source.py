@@ -1,7 +1,8 @@
 """Hospitals from a directory of CSV files: one file per hospital, file stem = hospital id.
 
 Every file must have the same header. Empty cells are missing values (imputed locally); any other
-cell must be a finite number. The label column must hold 0/1.
+cell must be a finite number. The label column must hold the task's labels (0/1 for a binary task,
+0..K-1 for K classes).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from fedmeta.config import DataConfig
 from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
+from fedmeta.tasks import Task
 
 __all__ = ["load_csv_sites", "load_csv_site", "require_dir", "quote_cell"]
 
@@ -69,7 +71,7 @@ def _check_header(path: Path, header: list[str], label: str) -> None:
         raise FedMetaError(f"{path}: {what} {dupes[0]!r} appears {header.count(dupes[0])} times in the header")
 
 
-def _read_one(path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _read_one(path: Path, label: str, task: Task) -> tuple[list[str], np.ndarray, np.ndarray]:
     rows = _read_rows(path)
     if not rows:
         raise FedMetaError(f"{path}: file is empty")
@@ -84,8 +86,9 @@ def _read_one(path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray
         if len(row) != len(header):
             raise FedMetaError(f"{path}: line {r}: {len(row)} cells, expected {len(header)}")
         y = _parse_cell(row[li], f"{path}: line {r}, column {label!r}")
-        if y not in (0.0, 1.0):
-            raise FedMetaError(f"{path}: line {r}, column {label!r}: label must be 0 or 1, got {quote_cell(row[li])}")
+        if math.isnan(y) or (reason := task.label_error(y)):
+            reason = "missing label" if math.isnan(y) else reason
+            raise FedMetaError(f"{path}: line {r}, column {label!r}: {reason}, got {quote_cell(row[li])}")
         xs.append([_parse_cell(c, f"{path}: line {r}, column {header[i]!r}") for i, c in enumerate(row) if i != li])
         ys.append(y)
     if not ys:
@@ -93,7 +96,7 @@ def _read_one(path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray
     return features, np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float32)
 
 
-def load_csv_sites(cfg: DataConfig) -> tuple[list[RawSite], list[str]]:
+def load_csv_sites(cfg: DataConfig, task: Task) -> tuple[list[RawSite], list[str]]:
     """Read every ``*.csv`` in ``cfg.dir``; all must share one header."""
     root = require_dir(cfg)
     files = sorted(root.glob("*.csv"))
@@ -102,7 +105,7 @@ def load_csv_sites(cfg: DataConfig) -> tuple[list[RawSite], list[str]]:
     sites: list[RawSite] = []
     reference: tuple[Path, list[str]] | None = None
     for path in files:
-        features, x, y = _read_one(path, cfg.label)
+        features, x, y = _read_one(path, cfg.label, task)
         if reference is None:
             reference = (path, features)
         elif features != reference[1]:
@@ -118,11 +121,11 @@ def load_csv_sites(cfg: DataConfig) -> tuple[list[RawSite], list[str]]:
     return sites, reference[1]
 
 
-def load_csv_site(cfg: DataConfig, hospital: str, data_dir: Path) -> tuple[RawSite, list[str]]:
+def load_csv_site(cfg: DataConfig, task: Task, hospital: str, data_dir: Path) -> tuple[RawSite, list[str]]:
     """Read one hospital's ``<data_dir>/<hospital>.csv``: what a deployed hospital node has mounted."""
     path = data_dir / f"{hospital}.csv"
     if not path.is_file():
         found = ", ".join(sorted(p.name for p in data_dir.glob("*.csv"))) or "none"
         raise FedMetaError(f"{path}: data file of hospital {hospital!r} not found (CSV files there: {found})")
-    features, x, y = _read_one(path, cfg.label)
+    features, x, y = _read_one(path, cfg.label, task)
     return RawSite(name=hospital, x=x, y=y, origin=str(path)), features

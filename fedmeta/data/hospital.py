@@ -23,7 +23,7 @@ __all__ = ["RawSite", "Hospital", "Federation", "preprocess_site"]
 
 @dataclass(frozen=True)
 class RawSite:
-    """One hospital's table as read: features (NaN = missing) and binary labels."""
+    """One hospital's table as read: features (NaN = missing) and the task's labels."""
 
     name: str
     x: np.ndarray
@@ -33,7 +33,7 @@ class RawSite:
 
 @dataclass(frozen=True)
 class Hospital:
-    """One hospital after its local split and preprocessing (float32, labels 0/1)."""
+    """One hospital after its local split and preprocessing (float32; labels as the task's classes)."""
 
     name: str
     x_train: np.ndarray
@@ -50,11 +50,6 @@ class Hospital:
     @property
     def n_train(self) -> int:
         return int(self.y_train.shape[0])
-
-    def class_counts(self) -> tuple[int, int]:
-        """Negatives and positives in the train split."""
-        pos = int(self.y_train.sum())
-        return self.n_train - pos, pos
 
 
 @dataclass(frozen=True)

@@ -8,44 +8,55 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from fedmeta.config import DataConfig, ExperimentConfig
 from fedmeta.data.csv_source import load_csv_site, load_csv_sites
 from fedmeta.data.hospital import Federation, Hospital, RawSite, preprocess_site
 from fedmeta.data.synthetic import generate_synthetic
 from fedmeta.data.uci_heart import UCI_SITES, load_uci_heart_site, load_uci_heart_sites
 from fedmeta.errors import FedMetaError
+from fedmeta.tasks import build_task
 
 __all__ = ["SOURCES", "load_federation", "load_hospital", "OwnHospital", "training_hospitals"]
 
 
-def _synthetic(cfg: DataConfig, seed: int) -> tuple[list[RawSite], list[str]]:
-    sites = generate_synthetic(cfg.synthetic, seed)
-    return sites, [f"x{i}" for i in range(cfg.synthetic.features)]
+def _binary_only(cfg: ExperimentConfig) -> None:
+    if cfg.task.kind != "binary":
+        raise FedMetaError(f"task.kind: the synthetic source generates a binary label; a {cfg.task.kind} task "
+                           "needs data that has its labels (data.source = \"csv\" or \"uci-heart\")")
 
 
-SOURCES: dict[str, Callable[[DataConfig, int], tuple[list[RawSite], list[str]]]] = {
+def _synthetic(cfg: ExperimentConfig) -> tuple[list[RawSite], list[str]]:
+    _binary_only(cfg)
+    sites = generate_synthetic(cfg.data.synthetic, cfg.seed)
+    return sites, [f"x{i}" for i in range(cfg.data.synthetic.features)]
+
+
+SOURCES: dict[str, Callable[[ExperimentConfig], tuple[list[RawSite], list[str]]]] = {
     "synthetic": _synthetic,
-    "csv": lambda cfg, seed: load_csv_sites(cfg),
-    "uci-heart": lambda cfg, seed: load_uci_heart_sites(cfg),
+    "csv": lambda cfg: load_csv_sites(cfg.data, build_task(cfg.task)),
+    "uci-heart": lambda cfg: load_uci_heart_sites(cfg.data, build_task(cfg.task)),
 }
 
 
 def _check_hospital(h: Hospital, cfg: ExperimentConfig) -> None:
     held = set(cfg.data.held_out)
-    neg, pos = h.class_counts()
+    task = build_task(cfg.task)
+    counts = np.bincount(task.strata(h.y_train), minlength=task.n_strata)
     # Training sites need `shots` per class for the support set and one more example for the query.
     need = cfg.eval.shots if h.name in held else max(cfg.meta.shots, cfg.eval.shots)
-    if min(neg, pos) < need or (h.name not in held and h.n_train < 2 * cfg.meta.shots + 1):
+    if counts.min() < need or (h.name not in held and h.n_train < task.n_strata * cfg.meta.shots + 1):
+        have = ", ".join(f"{n} of class {c}" for c, n in enumerate(counts))
         raise FedMetaError(
             f"hospital {h.name!r}: too few examples for the configured shots: its train split has "
-            f"{neg} negative / {pos} positive, needs at least {need} of each "
-            "(lower meta.shots / eval.shots or data.test_fraction)"
+            f"{have}; needs at least {need} of each (lower meta.shots / eval.shots or data.test_fraction)"
         )
     if len(set(h.y_test.tolist())) < 2:
-        raise FedMetaError(f"hospital {h.name!r}: its test split has a single class: AUC is undefined")
+        raise FedMetaError(f"hospital {h.name!r}: its test split has a single class: its {task.primary} is undefined")
     if cfg.data.validation_fraction > 0 and len(set(h.y_val.tolist())) < 2:
-        raise FedMetaError(f"hospital {h.name!r}: its validation split has a single class: AUC is undefined "
-                           "(raise data.validation_fraction)")
+        raise FedMetaError(f"hospital {h.name!r}: its validation split has a single class: its {task.primary} is "
+                           "undefined (raise data.validation_fraction)")
 
 
 def _check_shots(fed: Federation, cfg: ExperimentConfig) -> None:
@@ -58,7 +69,7 @@ def _load_cached(cfg_json: str) -> Federation:
     from fedmeta.config import config_from_json
 
     cfg = config_from_json(cfg_json)
-    sites, feature_names = SOURCES[cfg.data.source](cfg.data, cfg.seed)
+    sites, feature_names = SOURCES[cfg.data.source](cfg)
     names = [s.name for s in sites]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -118,6 +129,7 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
 
     cfg = config_from_json(cfg_json)
     if cfg.data.source == "synthetic":
+        _binary_only(cfg)
         raw, index = _synthetic_site(cfg.data, cfg.seed, hospital, partition_id)
         n_features = cfg.data.synthetic.features
     else:
@@ -128,10 +140,10 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
         if not root.is_dir():
             raise FedMetaError(f"node config data-dir: {root}: directory not found")
         if cfg.data.source == "csv":
-            raw, features = load_csv_site(cfg.data, hospital, root)
+            raw, features = load_csv_site(cfg.data, build_task(cfg.task), hospital, root)
             index = zlib.crc32(hospital.encode()) % 2**31
         else:
-            raw, features = load_uci_heart_site(hospital, root)
+            raw, features = load_uci_heart_site(hospital, root, build_task(cfg.task))
             index = list(UCI_SITES).index(hospital)
         n_features = len(features)
         index = index if partition_id is None else partition_id

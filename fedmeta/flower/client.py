@@ -30,7 +30,7 @@ from fedmeta.local_round import train_hospital_round
 from fedmeta.models import build_model, pick_device
 from fedmeta.privacy.ledger import LedgerError
 from fedmeta.privacy.policy import HospitalPolicy, PolicyRefusal, negotiate, policy_from_config, policy_from_node_config
-from fedmeta.tasks import build_task
+from fedmeta.tasks import build_task, wire_name
 
 __all__ = ["build_client_app"]
 
@@ -94,7 +94,8 @@ def _site(cfg: ExperimentConfig, context: Context, deployed: bool) -> _Site:
 
 def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Params] | Message:
     """The model with the received global parameters, or an error reply if they do not fit it."""
-    model = build_model(site.cfg.model, site.n_features, site.cfg.seed).to(site.device)
+    model = build_model(site.cfg.model, site.n_features, site.cfg.seed,
+                        build_task(site.cfg.task).n_outputs).to(site.device)
     try:
         return model, record_to_params(msg.content["arrays"], params_of(model), site.device)
     except RecordError as err:
@@ -212,12 +213,13 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         except NonFiniteModelError as err:
             return Message(Error(code=EVAL_FAILED, reason=str(err)), reply_to=msg)
         score, val = scores[cfg.eval.split], scores.get("validation")
+        validation = {**{f"val-{wire_name(k)}": v for k, v in val.metrics.items()},
+                      "val-pairs": val.pairs} if val else {}
         metrics = MetricRecord({
             "num-examples": int(site.hospital.split(cfg.eval.split)[1].shape[0]),
-            "auc": score.auc,
-            "accuracy": score.accuracy,
-            "auc-unadapted": unadapted.auc,
-            **({"val-auc": val.auc, "val-accuracy": val.accuracy, "val-pairs": val.pairs} if val else {}),
+            **{wire_name(k): v for k, v in score.metrics.items()},
+            f"{wire_name(task.primary)}-unadapted": unadapted.value,
+            **validation,
             "held-out": int(site.held_out),
             "server-round": server_round,
         })

@@ -27,6 +27,7 @@ from fedmeta.flower.strategy import FederationStopped, FedMeta
 from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model
 from fedmeta.outputs import write_run_outputs
+from fedmeta.tasks import build_task
 
 __all__ = ["build_server_app", "run_federation", "discover_hospitals", "UNTRAINED"]
 
@@ -99,7 +100,7 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     if not train_nodes:
         raise FedMetaError("federation: no hospital is allowed to train (all held out)")
     n_features = next(iter(identities.values())).n_features
-    model = build_model(cfg.model, n_features, cfg.seed)
+    model = build_model(cfg.model, n_features, cfg.seed, build_task(cfg.task).n_outputs)
     start = ckpt.round if ckpt else 0
     bar = tqdm(total=cfg.federation.rounds, initial=start, desc=f"{cfg.meta.algorithm} rounds", unit="round",
                disable=not progress)

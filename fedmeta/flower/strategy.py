@@ -35,6 +35,7 @@ from fedmeta.flower.selection import OnValidation, RoundSelection, StopRun
 from fedmeta.history import RunHistory
 from fedmeta.meta.functional import Params
 from fedmeta.server_optimizer import ServerMetaOptimizer
+from fedmeta.tasks import build_task, wire_name
 
 __all__ = ["FedMeta", "FederationStopped", "short_reason"]
 
@@ -82,7 +83,8 @@ class FedMeta(FedAvg):
         self.members = Membership({h: n for n, h in hospital_of.items()}, roles, n_features)
         self.trainers = sorted(h for h, role in roles.items() if role == "train")
         self.optimizer = ServerMetaOptimizer(initial_params, cfg.server)
-        self.history = RunHistory(hospitals=dict(sorted(roles.items())))
+        self.task = build_task(cfg.task)
+        self.history = RunHistory(hospitals=dict(sorted(roles.items())), primary=self.task.primary)
         self.checkpoint_dir = checkpoint_dir
         self.selection = RoundSelection(cfg, on_validation)
         self.on_round_end = on_round_end
@@ -302,15 +304,9 @@ class FedMeta(FedAvg):
                             rec.eval_missed[hospital])
                 continue
             try:
-                m = msg.content["metrics"]
-                scores = {"auc": float(m["auc"]), "accuracy": float(m["accuracy"]),  # type: ignore[arg-type]
-                          "auc_unadapted": float(m["auc-unadapted"])}  # type: ignore[arg-type]
-                if "val-auc" in m:
-                    scores |= {"val_auc": float(m["val-auc"]), "val_accuracy": float(m["val-accuracy"])}  # type: ignore[arg-type]
-                if not all(0.0 <= v <= 1.0 for v in scores.values()):
-                    raise ValueError(f"metrics outside [0, 1]: {scores}")
-                if "val-auc" in m:
-                    pairs = m["val-pairs"]
+                scores = self._scores(msg.content["metrics"])
+                if f"val-{wire_name(self.task.primary)}" in msg.content["metrics"]:
+                    pairs = msg.content["metrics"]["val-pairs"]
                     if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 1:
                         raise ValueError(f"val-pairs must be a positive integer, got {pairs!r}")
                     scores["val_pairs"] = pairs
@@ -324,8 +320,21 @@ class FedMeta(FedAvg):
                 rec.eval_missed[hospital] = f"no reply within {self.cfg.federation.reply_timeout_s:g}s"
         if not rec.eval:
             return None
-        aucs = [v["auc"] for v in rec.eval.values()]
-        return MetricRecord({"mean-auc": float(np.mean(aucs)), "worst-auc": float(np.min(aucs))})
+        primary = [v[self.task.primary] for v in rec.eval.values()]
+        name = wire_name(self.task.primary)
+        return MetricRecord({f"mean-{name}": float(np.mean(primary)), f"worst-{name}": float(np.min(primary))})
+
+    def _scores(self, m: MetricRecord) -> dict[str, float]:
+        """The task's metrics in an evaluation reply (before adaptation too, and on validation when
+        sent); each must be a number in [0, 1]."""
+        names = self.task.metric_names
+        scores = {k: float(m[wire_name(k)]) for k in names}  # type: ignore[arg-type]
+        scores[f"{self.task.primary}_unadapted"] = float(m[f"{wire_name(self.task.primary)}-unadapted"])  # type: ignore[arg-type]
+        if f"val-{wire_name(self.task.primary)}" in m:
+            scores |= {f"val_{k}": float(m[f"val-{wire_name(k)}"]) for k in names}  # type: ignore[arg-type]
+        if not all(0.0 <= v <= 1.0 for v in scores.values()):
+            raise ValueError(f"metrics outside [0, 1]: {scores}")
+        return scores
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _end_round(self, server_round: int) -> None:

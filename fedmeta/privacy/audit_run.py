@@ -19,6 +19,7 @@ from fedmeta.privacy.accounting import default_delta
 from fedmeta.privacy.canaries import make_canaries
 from fedmeta.privacy.empirical_audit import audit_outcome, canary_scores
 from fedmeta.privacy.ledger import PrivacyLedger
+from fedmeta.tasks import build_task
 
 __all__ = ["run_empirical_audit"]
 
@@ -32,7 +33,7 @@ def run_empirical_audit(cfg: ExperimentConfig, out_dir: Path,
     if cfg.audit.hospital not in training_hospitals(fed, cfg):
         raise FedMetaError(f"audit.hospital: {cfg.audit.hospital!r} is not a training hospital "
                            f"(training hospitals: {', '.join(training_hospitals(fed, cfg))})")
-    model = build_model(cfg.model, fed.n_features, cfg.seed)
+    model = build_model(cfg.model, fed.n_features, cfg.seed, build_task(cfg.task).n_outputs)
     n_params = sum(p.numel() for p in model.parameters())
     if cfg.audit.canaries > n_params:
         raise FedMetaError(f"audit.canaries: {cfg.audit.canaries} gradient canaries need as many model parameters; "

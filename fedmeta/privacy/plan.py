@@ -12,7 +12,7 @@ Record-level constructions (docs/privacy.md):
 * ``reptile``: per-record DP-SGD; every inner step of every episode a release at ``e / n``.
 * ``fedavg``: per-record DP-SGD; one release per outer step at ``m * e / n``.
 
-(``k`` shots per class, ``Q`` query records, ``e = 2k + Q``, ``m`` episodes per outer step.)
+(``k`` shots per class of ``C`` classes, ``Q`` query records, ``e = Ck + Q``, ``m`` episodes per outer step.)
 Per-record DP-SGD gave the better utility at equal epsilon for the first-order methods
 (``benchmarks/dp_first_order_constructions.py``).
 """
@@ -26,9 +26,10 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.errors import FedMetaError
 from fedmeta.privacy.accounting import Mechanism, calibrate_noise_multiplier, default_delta, epsilon_of
 from fedmeta.privacy.client_dp import CLIENT_DELTA, CLIENT_MECHANISM
+from fedmeta.tasks import build_task
 
-__all__ = ["Release", "PrivacyPlan", "plan_privacy", "EPISODE_CLIPPING", "DP_SGD", "DP_SGD_SUPPORT",
-           "DP_SGD_QUERY", "calibrate_for_releases"]
+__all__ = ["Release", "PrivacyPlan", "plan_privacy", "support_records", "EPISODE_CLIPPING", "DP_SGD",
+           "DP_SGD_SUPPORT", "DP_SGD_QUERY", "calibrate_for_releases"]
 
 EPISODE_CLIPPING = "record:episode-clipping"
 DP_SGD = "record:dp-sgd"
@@ -66,18 +67,24 @@ class PrivacyPlan:
         return next(r for r in self.releases if r.mechanism == mechanism)
 
 
+def support_records(cfg: ExperimentConfig) -> int:
+    """Records in an episode's support set: ``meta.shots`` of each of the task's classes."""
+    return build_task(cfg.task).n_strata * cfg.meta.shots
+
+
 def _rate(records: float, n_train: int, override: float) -> float:
     return override or min(1.0, records / n_train)
 
 
 def _record_releases(cfg: ExperimentConfig, n_train: int) -> tuple[Release, ...]:
     meta, q = cfg.meta, cfg.privacy.sample_rate
-    episode = 2 * meta.shots + meta.query
+    support = support_records(cfg)
+    episode = support + meta.query
     per_outer = meta.outer_steps * meta.meta_batch
     if meta.algorithm == "maml":
         return (Release(EPISODE_CLIPPING, _rate(meta.meta_batch * episode, n_train, q), meta.outer_steps),)
     if meta.algorithm == "fomaml":
-        return (Release(DP_SGD_SUPPORT, _rate(2 * meta.shots, n_train, q), per_outer * meta.inner_steps),
+        return (Release(DP_SGD_SUPPORT, _rate(support, n_train, q), per_outer * meta.inner_steps),
                 Release(DP_SGD_QUERY, _rate(meta.query, n_train, q), per_outer))
     if meta.algorithm == "reptile":
         return (Release(DP_SGD, _rate(episode, n_train, q), per_outer * meta.inner_steps),)
@@ -126,7 +133,7 @@ def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int) -> Priva
     mode: a mechanism that may publish a whole record) or a target epsilon no noise reaches.
     """
     p, meta = cfg.privacy, cfg.meta
-    episode_records = 2 * meta.shots + meta.query
+    episode_records = support_records(cfg) + meta.query
     if p.mode == "client":
         releases, delta = (Release(CLIENT_MECHANISM, 1.0, 1),), p.delta or CLIENT_DELTA
     else:
@@ -146,6 +153,6 @@ def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int) -> Priva
     cap = p.hospitals[hospital].max_epsilon if hospital in p.hospitals else p.max_epsilon
     return PrivacyPlan(
         releases=releases, sigma=sigma, delta=delta, max_grad_norm=p.max_grad_norm, accountant=p.accountant,
-        max_epsilon=float(min(cap, p.max_epsilon)), support_fraction=2 * meta.shots / episode_records,
+        max_epsilon=float(min(cap, p.max_epsilon)), support_fraction=support_records(cfg) / episode_records,
         secure_randomness=p.secure_mode,
     )

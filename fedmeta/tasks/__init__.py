@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedmeta.tasks.base import Task
+from fedmeta.tasks.base import Task, metric_label, wire_name
 from fedmeta.tasks.binary import BinaryTask
+from fedmeta.tasks.multiclass import MulticlassTask
 
 if TYPE_CHECKING:
     from fedmeta.config import TaskConfig
 
-__all__ = ["TASKS", "BinaryTask", "Task", "build_task"]
+__all__ = ["TASKS", "BinaryTask", "MulticlassTask", "Task", "build_task", "metric_label", "wire_name"]
 
-TASKS: dict[str, type[Task]] = {t.kind: t for t in (BinaryTask,)}
+TASKS: dict[str, type[Task]] = {t.kind: t for t in (BinaryTask, MulticlassTask)}
 
 
 def build_task(cfg: TaskConfig) -> Task:

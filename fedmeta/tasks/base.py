@@ -16,12 +16,26 @@ import torch
 if TYPE_CHECKING:
     from fedmeta.config import TaskConfig
 
-__all__ = ["Task"]
+__all__ = ["Task", "metric_label", "wire_name"]
+
+_LABELS = {"auc": "AUC", "macro_auc": "macro AUC", "c_index": "C-index"}
+
+
+def metric_label(name: str) -> str:
+    """How tables and plots write a metric: ``macro_auc`` -> ``macro AUC``."""
+    return _LABELS.get(name, name.replace("_", " "))
+
+
+def wire_name(name: str) -> str:
+    """A metric's key in a Flower MetricRecord (``macro_auc`` -> ``macro-auc``)."""
+    return name.replace("_", "-")
 
 
 class Task(ABC):
     kind: str
     primary: str  # the metric every table, plot, worst site and tuning reads
+    metric_names: tuple[str, ...]  # what ``metrics`` returns, the primary first
+    n_outputs: int  # the model's outputs per example
     n_strata: int  # label groups: a k-shot set holds ``shots`` of each
 
     @classmethod
@@ -58,6 +72,10 @@ class Task(ABC):
     @abstractmethod
     def pairs(self, y: np.ndarray) -> int:
         """How many comparisons the primary metric makes on labels ``y``: how much it can tell."""
+
+    @abstractmethod
+    def label_error(self, value: float) -> str | None:
+        """Why ``value`` is not a label of this task (None: it is one), for a one-line error."""
 
     @abstractmethod
     def strata(self, y: np.ndarray) -> np.ndarray:

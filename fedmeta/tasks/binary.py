@@ -15,6 +15,8 @@ __all__ = ["BinaryTask"]
 class BinaryTask(Task):
     kind = "binary"
     primary = "auc"
+    metric_names = ("auc", "accuracy")
+    n_outputs = 1
     n_strata = 2
 
     def example_losses(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -30,6 +32,9 @@ class BinaryTask(Task):
     def pairs(self, y: np.ndarray) -> int:
         positives = int(np.sum(y == 1))
         return positives * (len(y) - positives)
+
+    def label_error(self, value: float) -> str | None:
+        return None if value in (0.0, 1.0) else "label must be 0 or 1"
 
     def strata(self, y: np.ndarray) -> np.ndarray:
         return np.asarray(y).astype(np.int64)
