@@ -59,3 +59,36 @@ def test_two_processes_on_one_ledger_never_overspend(tmp_path):
     assert rows[-1].epsilon <= cap
     report = audit_ledger(ledger)
     assert report.ok, report.problems
+
+
+def test_a_ledger_answered_locked_at_its_switch_to_wal_is_retried_not_crashed(tmp_path, monkeypatch):
+    """SQLite answers one of two processes opening a new ledger at once "locked" without waiting;
+    the ledger retries the switch, and only after its lock wait does it give up, in one line."""
+    import sqlite3
+
+    import pytest
+
+    from fedmeta.privacy import ledger as ledger_module
+
+    real_connect, refusals = sqlite3.connect, [3]
+
+    class Contended:
+        def __init__(self, db: sqlite3.Connection):
+            self._db = db
+
+        def execute(self, sql: str, *args):
+            if sql == "PRAGMA journal_mode=WAL" and refusals[0] > 0:
+                refusals[0] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self._db.execute(sql, *args)
+
+        def __getattr__(self, name: str):
+            return getattr(self._db, name)
+
+    monkeypatch.setattr(ledger_module.sqlite3, "connect", lambda *a, **k: Contended(real_connect(*a, **k)))
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
+    assert ledger.rows() == [] and refusals == [0]  # opened after three refusals
+    refusals[0] = 10**9
+    monkeypatch.setattr(ledger_module, "LOCK_WAIT_S", 0.05)
+    with pytest.raises(ledger_module.LedgerError, match="cannot open the privacy ledger: database is locked"):
+        ledger.rows()

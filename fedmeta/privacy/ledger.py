@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -173,6 +174,25 @@ def structure_problems(db: sqlite3.Connection) -> list[str]:
             for name, sql in TRIGGERS.items() if found.get(name) != sql]
 
 
+LOCK_WAIT_S = 300.0  # how long a hospital's process waits for another one holding its ledger
+
+
+def _write_ahead_logging(db: sqlite3.Connection, path: Path) -> None:
+    """Switch the ledger to WAL. Two processes opening a new ledger at once can deadlock on the
+    switch, and SQLite then answers one of them "locked" at once, without its busy wait: retry, as
+    long as a transaction would wait."""
+    deadline, pause = time.monotonic() + LOCK_WAIT_S, 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise LedgerError(f"{path}: cannot open the privacy ledger: {err}") from None
+            time.sleep(pause)
+            pause = min(0.2, 2 * pause)
+
+
 class PrivacyLedger:
     """The ledger file of one hospital."""
 
@@ -183,11 +203,11 @@ class PrivacyLedger:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=300)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=LOCK_WAIT_S)
         except (OSError, sqlite3.Error) as err:
             raise LedgerError(f"{self.path}: cannot open the privacy ledger: {err}") from None
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _write_ahead_logging(db, self.path)
             db.execute("PRAGMA synchronous=FULL")
             yield db
         finally:
