@@ -299,6 +299,14 @@ class ExperimentConfig(_Section):
                              "hospitals, choose the rounds with `fedmeta tune` (it validates on training hospitals)")
         return self
 
+    @model_validator(mode="after")
+    def _record_dp_needs_a_per_record_loss(self) -> "ExperimentConfig":
+        if self.task.kind == "survival" and self.privacy.mode == "record":
+            raise ValueError("privacy.mode = \"record\": Cox's partial likelihood couples the records of a risk set, "
+                             "so per-record clipping does not bound one patient's influence; use privacy.mode = "
+                             "\"client\" (hospital-level DP) or \"none\" (docs/privacy.md)")
+        return self
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 

@@ -43,7 +43,7 @@ def test_preprocessing_uses_the_train_split_only():
     x = rng.normal(5.0, 3.0, size=(200, 4))
     x[rng.uniform(size=x.shape) < 0.1] = np.nan
     y = (rng.uniform(size=200) < 0.4).astype(np.float32)
-    h = preprocess_site(RawSite("a", x, y, "test"), 0.3, seed=0)
+    h = preprocess_site(RawSite("a", x, y, "test"), 0.3, seed=0, task=BinaryTask())
     np.testing.assert_allclose(h.x_train.mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(h.x_train.std(0), 1.0, atol=0.06)  # imputed medians shrink the std a bit
     assert np.abs(h.x_test.mean(0)).max() > 1e-3  # test statistics were not used
@@ -55,7 +55,7 @@ def test_a_hospital_is_preprocessed_independently_of_the_others():
     cfg = ExperimentConfig()
     fed = load_federation(cfg)
     raw = generate_synthetic(cfg.data.synthetic, cfg.seed)[2]
-    alone = preprocess_site(raw, cfg.data.test_fraction, cfg.seed)
+    alone = preprocess_site(raw, cfg.data.test_fraction, cfg.seed, task=BinaryTask())
     np.testing.assert_array_equal(fed.hospitals[2].x_train, alone.x_train)
     np.testing.assert_array_equal(fed.hospitals[2].x_test, alone.x_test)
 

@@ -32,8 +32,8 @@ def _site(n: int = 400, prevalence: float = 0.3, seed: int = 0) -> RawSite:
 
 def test_the_validation_split_is_stratified_disjoint_and_scaled_with_train_statistics():
     site = _site()
-    plain = preprocess_site(site, 0.3, seed=0)
-    h = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25)
+    plain = preprocess_site(site, 0.3, seed=0, task=BinaryTask())
+    h = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, task=BinaryTask())
     n = len(site.y)
     assert len(h.y_test) == len(plain.y_test) and len(h.y_train) + len(h.y_val) == len(plain.y_train)
     assert len(h.y_val) == pytest.approx(0.25 * len(plain.y_train), abs=1)
@@ -51,9 +51,9 @@ def test_the_validation_split_is_stratified_disjoint_and_scaled_with_train_stati
 
 def test_validation_draws_change_the_validation_split_and_never_the_test_split():
     site = _site()
-    first = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25)
-    again = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, validation_draw=0)
-    other = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, validation_draw=1)
+    first = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, task=BinaryTask())
+    again = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, validation_draw=0, task=BinaryTask())
+    other = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, validation_draw=1, task=BinaryTask())
     assert np.array_equal(first.x_val, again.x_val)  # draw 0 is the split every run uses
 
     def raw_ids(h):  # the row id column, undone from each draw's own standardisation
@@ -118,7 +118,7 @@ def test_a_hospital_counts_in_the_validation_score_by_its_positive_negative_pair
     assert validation_score([big, {"val_auc": 0.9}]) is None  # a score without its pairs is no score
     # The pairs come from the scored split's labels.
     site = _site()
-    h = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25)
+    h = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, task=BinaryTask())
     model = build_model(load_config(CI_CONFIG).model, h.x_train.shape[1], 0)
     params = {k: v.detach() for k, v in model.named_parameters()}
     score = score_params(model, params, h, torch.device("cpu"), BinaryTask(), "validation")

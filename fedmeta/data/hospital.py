@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from fedmeta.errors import FedMetaError
+from fedmeta.tasks import Task
 
 __all__ = ["RawSite", "Hospital", "Federation", "preprocess_site"]
 
@@ -29,6 +30,7 @@ class RawSite:
     x: np.ndarray
     y: np.ndarray
     origin: str  # file or generator, for error messages
+    test: np.ndarray | None = None  # the rows of a test split the source defines (FLamby's), else drawn
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,14 @@ class Federation:
         raise KeyError(name)
 
 
-def _stratified(site: RawSite, x: np.ndarray, y: np.ndarray, fraction: float, seed: int,
-                what: str) -> list[np.ndarray]:
+def _stratified(site: RawSite, rows: np.ndarray, strata: np.ndarray, fraction: float, seed: int,
+                what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` split into (kept, split off), stratified by ``strata`` (one per row)."""
     try:
-        return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+        kept, off = train_test_split(rows, test_size=fraction, stratify=strata, random_state=seed)
     except ValueError as err:
         raise FedMetaError(f"{site.origin}: hospital {site.name!r}: cannot split off its {what}: {err}") from None
+    return kept, off
 
 
 def validation_state(seed: int, draw: int) -> int:
@@ -89,26 +93,33 @@ def validation_state(seed: int, draw: int) -> int:
 
 
 def preprocess_site(site: RawSite, test_fraction: float, seed: int, validation_fraction: float = 0.0,
-                    validation_draw: int = 0) -> Hospital:
-    """Stratified train/test (and train/validation) split, then median imputation and
-    standardisation fitted on what remains for training. The test split depends on the seed only."""
-    y = site.y
-    classes, counts = np.unique(y, return_counts=True)
+                    validation_draw: int = 0, *, task: Task) -> Hospital:
+    """Train/test split (drawn, stratified by the task's strata, unless the source defines it) and
+    train/validation split, then median imputation and standardisation fitted on what remains for
+    training. The test split depends on the seed only."""
+    strata = task.strata(site.y)
+    classes, counts = np.unique(strata, return_counts=True)
     if len(classes) < 2:
         raise FedMetaError(
             f"{site.origin}: hospital {site.name!r} has a single class ({int(classes[0])}) in its "
-            "labels: AUC and episodes need both classes"
+            f"labels: its {task.primary} and its episodes need more than one"
         )
     if counts.min() < 2:
         raise FedMetaError(
             f"{site.origin}: hospital {site.name!r} has only {counts.min()} example(s) of class "
             f"{int(classes[counts.argmin()])}: cannot split it into train and test"
         )
-    x_tr, x_te, y_tr, y_te = _stratified(site, site.x, y, test_fraction, seed, "test split")
-    x_va, y_va = x_tr[:0], y_tr[:0]
+    rows = np.arange(len(strata))
+    if site.test is None:
+        train, test = _stratified(site, rows, strata, test_fraction, seed, "test split")
+    else:
+        train, test = rows[~site.test], rows[site.test]
+    val = train[:0]
     if validation_fraction > 0:
-        x_tr, x_va, y_tr, y_va = _stratified(site, x_tr, y_tr, validation_fraction,
-                                             validation_state(seed, validation_draw), "validation split")
+        train, val = _stratified(site, train, strata[train], validation_fraction,
+                                 validation_state(seed, validation_draw), "validation split")
+    x_tr, x_va, x_te = site.x[train], site.x[val], site.x[test]
+    y_tr, y_va, y_te = site.y[train], site.y[val], site.y[test]
     imputer = SimpleImputer(strategy="median", keep_empty_features=True)
     scaler = StandardScaler()
     x_tr = scaler.fit_transform(imputer.fit_transform(x_tr))

@@ -14,6 +14,7 @@ from fedmeta.config import DataConfig, ExperimentConfig
 from fedmeta.data.csv_source import load_csv_site, load_csv_sites
 from fedmeta.data.hospital import Federation, Hospital, RawSite, preprocess_site
 from fedmeta.data.synthetic import generate_synthetic
+from fedmeta.data.tcga_brca import TCGA_REGIONS, load_tcga_brca_sites
 from fedmeta.data.uci_heart import UCI_SITES, load_uci_heart_site, load_uci_heart_sites
 from fedmeta.errors import FedMetaError
 from fedmeta.tasks import build_task
@@ -37,6 +38,7 @@ SOURCES: dict[str, Callable[[ExperimentConfig], tuple[list[RawSite], list[str]]]
     "synthetic": _synthetic,
     "csv": lambda cfg: load_csv_sites(cfg.data, build_task(cfg.task)),
     "uci-heart": lambda cfg: load_uci_heart_sites(cfg.data, build_task(cfg.task)),
+    "tcga-brca": lambda cfg: load_tcga_brca_sites(cfg.data, build_task(cfg.task)),
 }
 
 
@@ -52,9 +54,9 @@ def _check_hospital(h: Hospital, cfg: ExperimentConfig) -> None:
             f"hospital {h.name!r}: too few examples for the configured shots: its train split has "
             f"{have}; needs at least {need} of each (lower meta.shots / eval.shots or data.test_fraction)"
         )
-    if len(set(h.y_test.tolist())) < 2:
+    if len(np.unique(task.strata(h.y_test))) < 2:
         raise FedMetaError(f"hospital {h.name!r}: its test split has a single class: its {task.primary} is undefined")
-    if cfg.data.validation_fraction > 0 and len(set(h.y_val.tolist())) < 2:
+    if cfg.data.validation_fraction > 0 and len(np.unique(task.strata(h.y_val))) < 2:
         raise FedMetaError(f"hospital {h.name!r}: its validation split has a single class: its {task.primary} is "
                            "undefined (raise data.validation_fraction)")
 
@@ -82,7 +84,7 @@ def _load_cached(cfg_json: str) -> Federation:
         raise FedMetaError(f"data.excluded: {sorted(both)[0]!r} is also in data.held_out (a hospital is one or the other)")
     # An excluded hospital is dropped as read: nothing of it (not even its split) enters the run.
     hospitals = [preprocess_site(s, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction,
-                                 cfg.data.validation_draw)
+                                 cfg.data.validation_draw, task=build_task(cfg.task))
                  for s in sites if s.name not in cfg.data.excluded]
     fed = Federation(hospitals=tuple(hospitals), feature_names=tuple(feature_names))
     _check_shots(fed, cfg)
@@ -123,6 +125,17 @@ def _synthetic_site(cfg: DataConfig, seed: int, hospital: str, partition_id: int
     return RawSite(name=hospital, x=site.x, y=site.y, origin=f"{site.origin} (site {partition_id})"), partition_id
 
 
+def _tcga_site(cfg: ExperimentConfig, hospital: str, root: Path) -> tuple[RawSite, list[str], int]:
+    """A node's region of Fed-TCGA-BRCA (FLamby's files hold every region: it keeps its own)."""
+    if hospital not in TCGA_REGIONS:
+        raise FedMetaError(f"node config hospital: unknown Fed-TCGA-BRCA region {hospital!r} "
+                           f"(expected one of {', '.join(TCGA_REGIONS)})")
+    data = cfg.data.model_copy(update={"dir": str(root)})
+    sites, features = load_tcga_brca_sites(data, build_task(cfg.task))
+    index = TCGA_REGIONS.index(hospital)
+    return sites[index], features, index
+
+
 @lru_cache(maxsize=8)
 def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: int | None) -> OwnHospital:
     from fedmeta.config import config_from_json
@@ -142,13 +155,15 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
         if cfg.data.source == "csv":
             raw, features = load_csv_site(cfg.data, build_task(cfg.task), hospital, root)
             index = zlib.crc32(hospital.encode()) % 2**31
+        elif cfg.data.source == "tcga-brca":
+            raw, features, index = _tcga_site(cfg, hospital, root)
         else:
             raw, features = load_uci_heart_site(hospital, root, build_task(cfg.task))
             index = list(UCI_SITES).index(hospital)
         n_features = len(features)
         index = index if partition_id is None else partition_id
     site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction,
-                           cfg.data.validation_draw)
+                           cfg.data.validation_draw, task=build_task(cfg.task))
     _check_hospital(site, cfg)
     return OwnHospital(site, n_features, index)
 

@@ -27,7 +27,7 @@ def params_of(model: nn.Module) -> Params:
 
 def loss_fn(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, task: Task) -> torch.Tensor:
     """The task's mean loss of the model at ``params`` on one batch (no episode dim)."""
-    return task.example_losses(functional_call(model, params, (x,)), y).mean()
+    return task.episode_losses(functional_call(model, params, (x,))[None], y[None])[0]
 
 
 def per_episode_copies(params: Params, m: int, requires_grad: bool = True) -> Params:

@@ -28,10 +28,10 @@ def reference_maml_gradients(
         theta = [params[n].detach().clone().requires_grad_(True) for n in names]
         fast = theta
         for _ in range(steps):
-            loss = task.example_losses(_forward(model, fast, batch.x_support[i]), batch.y_support[i]).mean()
+            loss = task.episode_losses(_forward(model, fast, batch.x_support[i])[None], batch.y_support[i][None])[0]
             grads = torch.autograd.grad(loss, fast, create_graph=True)
             fast = [w - lr * g for w, g in zip(fast, grads)]
-        qloss = task.example_losses(_forward(model, fast, batch.x_query[i]), batch.y_query[i]).mean()
+        qloss = task.episode_losses(_forward(model, fast, batch.x_query[i])[None], batch.y_query[i][None])[0]
         meta = torch.autograd.grad(qloss, theta)
         out.append(dict(zip(names, meta)))
     return out

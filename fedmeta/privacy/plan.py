@@ -133,6 +133,8 @@ def plan_privacy(cfg: ExperimentConfig, *, hospital: str, n_train: int) -> Priva
     mode: a mechanism that may publish a whole record) or a target epsilon no noise reaches.
     """
     p, meta = cfg.privacy, cfg.meta
+    if p.mode == "record" and cfg.task.kind == "survival":  # the config refuses it too; never plan it
+        raise FedMetaError("privacy.mode = \"record\" cannot protect a Cox partial likelihood (docs/privacy.md)")
     episode_records = support_records(cfg) + meta.query
     if p.mode == "client":
         releases, delta = (Release(CLIENT_MECHANISM, 1.0, 1),), p.delta or CLIENT_DELTA

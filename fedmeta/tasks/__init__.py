@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING
 from fedmeta.tasks.base import Task, metric_label, wire_name
 from fedmeta.tasks.binary import BinaryTask
 from fedmeta.tasks.multiclass import MulticlassTask
+from fedmeta.tasks.survival import SurvivalTask
 
 if TYPE_CHECKING:
     from fedmeta.config import TaskConfig
 
-__all__ = ["TASKS", "BinaryTask", "MulticlassTask", "Task", "build_task", "metric_label", "wire_name"]
+__all__ = ["TASKS", "BinaryTask", "MulticlassTask", "SurvivalTask", "Task", "build_task", "metric_label",
+           "wire_name"]
 
-TASKS: dict[str, type[Task]] = {t.kind: t for t in (BinaryTask, MulticlassTask)}
+TASKS: dict[str, type[Task]] = {t.kind: t for t in (BinaryTask, MulticlassTask, SurvivalTask)}
 
 
 def build_task(cfg: TaskConfig) -> Task:

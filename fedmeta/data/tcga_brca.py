@@ -1,0 +1,85 @@
+"""Fed-TCGA-BRCA (FLamby): breast-cancer survival of 1,088 TCGA patients from 6 regions.
+
+Files (``data.dir``): ``brca.csv`` (``pid``, 39 clinical covariates, ``E`` event, ``T`` days) and
+FLamby's ``train_test_split.csv`` (``pid``, ``fold`` train/test, ``fold2`` ``train_k``/``test_k``
+with k the center). FLamby's split is kept as it is: its test rows are each hospital's test split
+(the validation split is still drawn from train). Labels are ``(T, E)`` rows; the task must be
+``survival``. Patients of ``brca.csv`` that FLamby's split leaves out (8) are left out here too.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fedmeta.config import DataConfig
+from fedmeta.data.csv_source import quote_cell, require_dir
+from fedmeta.data.hospital import RawSite
+from fedmeta.errors import FedMetaError
+from fedmeta.tasks import Task
+
+__all__ = ["TCGA_REGIONS", "load_tcga_brca_sites"]
+
+# FLamby's center k -> the region its TSS codes belong to (the README's table).
+TCGA_REGIONS = ("northeast", "south", "west", "midwest", "europe", "canada")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise FedMetaError(f"{path}: Fed-TCGA-BRCA file not found (expected brca.csv and train_test_split.csv)")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise FedMetaError(f"{path}: cannot read: {err}") from None
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise FedMetaError(f"{where}: non-numeric value {quote_cell(text)}") from None
+    if not math.isfinite(value):
+        raise FedMetaError(f"{where}: non-finite value {quote_cell(text)}")
+    return value
+
+
+def load_tcga_brca_sites(cfg: DataConfig, task: Task) -> tuple[list[RawSite], list[str]]:
+    if task.kind != "survival":
+        raise FedMetaError(f"task.kind: Fed-TCGA-BRCA is a survival dataset: set task.kind = \"survival\" "
+                           f"(got {task.kind!r})")
+    root = require_dir(cfg)
+    data_path, split_path = root / "brca.csv", root / "train_test_split.csv"
+    patients = _rows(data_path)
+    if not patients or not {"pid", "E", "T"} <= set(patients[0]):
+        raise FedMetaError(f"{data_path}: expected the columns pid, E and T beside the covariates")
+    features = [c for c in patients[0] if c not in ("pid", "E", "T")]
+    split: dict[str, tuple[int, bool]] = {}
+    for ln, row in enumerate(_rows(split_path), start=2):
+        fold, _, center = row.get("fold2", "").partition("_")
+        if fold not in ("train", "test") or not center.isdigit() or int(center) >= len(TCGA_REGIONS):
+            raise FedMetaError(f"{split_path}: line {ln}: fold2 must be train_k or test_k with k in 0..5, "
+                               f"got {quote_cell(row.get('fold2', ''))}")
+        split[row["pid"]] = (int(center), fold == "test")
+    per_site: dict[int, tuple[list, list, list]] = {k: ([], [], []) for k in range(len(TCGA_REGIONS))}
+    for ln, row in enumerate(patients, start=2):
+        if row["pid"] not in split:
+            continue
+        where = f"{data_path}: line {ln}"
+        time, event = _number(row["T"], f"{where}, column 'T'"), _number(row["E"], f"{where}, column 'E'")
+        if time < 0:
+            raise FedMetaError(f"{where}, column 'T': survival time must be >= 0, got {row['T']}")
+        if event not in (0.0, 1.0):
+            raise FedMetaError(f"{where}, column 'E': event must be 0 or 1, got {row['E']}")
+        center, is_test = split[row["pid"]]
+        xs, ys, tests = per_site[center]
+        xs.append([_number(row[c], f"{where}, column {c!r}") for c in features])
+        ys.append([time, event])
+        tests.append(is_test)
+    sites = [RawSite(name=TCGA_REGIONS[k], x=np.asarray(xs, dtype=np.float64), y=np.asarray(ys, dtype=np.float32),
+                     origin=str(data_path), test=np.asarray(tests, dtype=bool))
+             for k, (xs, ys, tests) in per_site.items()]
+    return sites, features
