@@ -173,7 +173,7 @@ def _tuning_lines(result: dict[str, Any]) -> list[str]:
              f"| algorithm | validation {metric_label(result['metrics'][0])} | chosen settings |", "|---|---|---|"]
     for name, runs in tuned.items():
         first = next(iter(runs.values()))["best"]
-        val = np.mean([r["best"]["validation_auc"] for r in runs.values()])
+        val = np.mean([r["best"]["validation_score"] for r in runs.values()])
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in sorted(first["settings"].items()))
         lines.append(f"| {name} | {val:.3f} | {chosen} |")

@@ -59,7 +59,7 @@ class RunHistory:
         held = [h for h, role in self.hospitals.items() if role == "held-out"]
         return held or list(self.hospitals)
 
-    def validation_auc(self, r: int) -> float | None:
+    def round_validation(self, r: int) -> float | None:
         """The validation score of round ``r`` over the counted hospitals; None if one lacks it."""
         scores = self.round(r).eval
         return validation_score([scores.get(h, {}) for h in self.counted()], self.primary)

@@ -86,7 +86,7 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
         "missed_rounds": missed_rounds(history),
         "kept_round": history.kept_round or max((r.round for r in history.rounds if r.eval), default=0),
         "selection": "best validation round" if history.kept_round else "last round",
-        "validation_auc": {str(r.round): v for r in history.rounds if (v := history.validation_auc(r.round)) is not None},
+        "validation_score": {str(r.round): v for r in history.rounds if (v := history.round_validation(r.round)) is not None},
         "final": {h: {**m, "role": history.hospitals[h]} for h, m in sorted(final.items())},
         "final_missing": sorted(set(history.hospitals) - set(final)),
         "summary": summarise(final, history.hospitals, task),

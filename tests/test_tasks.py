@@ -44,7 +44,8 @@ def test_a_k_shot_set_takes_shots_of_each_stratum():
 def test_an_unknown_task_is_one_line(capsys):
     assert main(["simulate", CI, "--set", "task.kind=\"astrology\""]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "task.kind: unknown task (expected one of binary, multiclass, survival)" in err
+    assert len(err.splitlines()) == 1
+    assert "task.kind: unknown task (expected one of binary, multiclass, survival)" in err
 
 
 def test_the_multiclass_task_is_cross_entropy_and_macro_one_vs_rest_auc():

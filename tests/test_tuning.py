@@ -48,7 +48,7 @@ def test_a_tiny_tune_runs_end_to_end_writes_a_config_simulate_accepts_and_resume
         assert got == ([value] * len(got) if key == "model.hidden" else value)
     rows = _rows(out / "trials.csv")
     assert [r["state"] for r in rows] == ["complete", "complete"]
-    assert max(float(r["validation_auc"]) for r in rows) == summary["best"]["validation_auc"]
+    assert max(float(r["validation_score"]) for r in rows) == summary["best"]["validation_score"]
     # Interrupted tunes continue: two more trials in the same study, the first two untouched.
     assert main(["tune", CI, "--algorithm", "local", "--trials", "4", "--set", VAL, "--set", FAST_LOCAL,
                  "--resume", str(out)]) == 0
@@ -106,7 +106,7 @@ def test_validation_draws_score_a_trial_by_their_mean_and_the_best_config_refits
             rows = counted(BASELINES["local"](load_federation(trial_cfg), trial_cfg))
             per_draw.append(validation_score(list(rows.values())))
         assert per_draw[0] != per_draw[1]
-        assert float(row["validation_auc"]) == pytest.approx(np.mean(per_draw), abs=1e-12)
+        assert float(row["validation_score"]) == pytest.approx(np.mean(per_draw), abs=1e-12)
     # The chosen config trains on the whole train split; tune.refit = false keeps the validation part.
     assert load_config(out / "best.toml").data.validation_fraction == 0
     kept = tmp_path / "kept"

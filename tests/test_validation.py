@@ -128,7 +128,7 @@ def test_a_hospital_counts_in_the_validation_score_by_its_positive_negative_pair
 def test_a_round_without_every_counted_hospitals_validation_score_is_no_candidate():
     hist = _history([0.6, 0.9])
     del hist.round(2).eval["b"]
-    assert hist.validation_auc(1) == pytest.approx(0.6) and hist.validation_auc(2) is None
+    assert hist.round_validation(1) == pytest.approx(0.6) and hist.round_validation(2) is None
 
 
 def test_a_run_keeps_its_best_validation_round(tmp_path):
@@ -137,7 +137,7 @@ def test_a_run_keeps_its_best_validation_round(tmp_path):
     cfg = load_config(CI_CONFIG, ["data.validation_fraction=0.25", "eval.keep=\"best\"", "federation.rounds=4",
                                   "meta.outer_lr=3.0"])
     res = simulate(cfg, tmp_path / "run", progress=False)
-    curve = {int(r): v for r, v in res["validation_auc"].items()}
+    curve = {int(r): v for r, v in res["validation_score"].items()}
     best = max(curve, key=lambda r: (curve[r], -r))
     assert len(curve) == 4 and res["kept_round"] == best and res["selection"] == "best validation round"
     kept = next(r for r in res["history"]["rounds"] if r["round"] == best)

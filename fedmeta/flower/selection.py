@@ -1,10 +1,11 @@
 """Model selection during a run, on validation only: the best round (``eval.keep = "best"``),
 early stopping with patience, and a per-round report to a tuner that may stop the run.
 
-The validation AUC of a round is the within-hospital AUC over the hospitals that count (the
-held-out ones when any are held out, else all): their few-shot AUCs on their validation splits,
-weighted by each split's (positive, negative) pairs (``fedmeta.history.validation_score``); a round
-where one of them has no validation score is not a candidate.
+The validation score of a round is the task's primary metric over the hospitals that count (the
+held-out ones when any are held out, else all): their few-shot scores on their validation splits,
+weighted by the pairs each split's metric compares (for AUC its (positive, negative) pairs: the
+within-hospital AUC; ``fedmeta.history.validation_score``); a round where one of them has no
+validation score is not a candidate.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 from fedmeta.config import ExperimentConfig
 from fedmeta.history import RunHistory
 from fedmeta.meta.functional import Params
+from fedmeta.tasks import build_task, metric_label
 
 __all__ = ["RoundSelection", "StopRun", "OnValidation"]
 
-# Called with (round, validation AUC) after each evaluated round; True stops the run (a pruned trial).
+# Called with (round, validation score) after each evaluated round; True stops the run (a pruned trial).
 OnValidation = Callable[[int, float], bool]
 
 
@@ -33,12 +35,13 @@ class RoundSelection:
         self.keep_best = cfg.eval.keep == "best"
         self.patience = cfg.eval.patience
         self.on_validation = on_validation
+        self.label = metric_label(build_task(cfg.task).primary)
         self.best: dict[str, Any] | None = None  # {"round", "auc", "params"}
         self.stale = 0  # evaluations since the best one
 
     def observe(self, history: RunHistory, server_round: int, current: Callable[[], Params]) -> None:
         """After round ``server_round``'s evaluation; raises ``StopRun`` to end the run."""
-        auc = history.validation_auc(server_round)
+        auc = history.round_validation(server_round)
         if auc is None:
             return
         if self.best is None or auc > self.best["auc"]:
@@ -47,10 +50,10 @@ class RoundSelection:
         else:
             self.stale += 1
         if self.on_validation is not None and self.on_validation(server_round, auc):
-            raise StopRun(f"stopped after round {server_round} by the tuner (validation AUC {auc:.4f})")
+            raise StopRun(f"stopped after round {server_round} by the tuner (validation {self.label} {auc:.4f})")
         if self.keep_best and self.patience and self.stale >= self.patience:
-            raise StopRun(f"early stop after round {server_round}: no better validation AUC in {self.patience} "
-                          f"evaluations since round {self.best['round']} ({self.best['auc']:.4f})")
+            raise StopRun(f"early stop after round {server_round}: no better validation {self.label} in "
+                          f"{self.patience} evaluations since round {self.best['round']} ({self.best['auc']:.4f})")
 
     def kept(self, current: Params) -> tuple[int, Params]:
         """The round whose model the run ends with (0: the last one) and that model."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedmeta.errors import FedMetaError
+from fedmeta.tasks import build_task, metric_label
 
 __all__ = ["add_tune_parser"]
 
@@ -45,7 +46,8 @@ def _tune(args: argparse.Namespace, load: Callable[[argparse.Namespace], object]
         summary = tune(cfg, args.algorithm, args.trials, run_dir, resume=bool(args.resume),
                        ray_address=args.ray_address or "")
     best = summary["best"]
-    print(f"{args.algorithm}: best validation AUC {best['validation_auc']:.4f} (trial {best['trial']}; "
+    label = metric_label(build_task(cfg.task).primary)
+    print(f"{args.algorithm}: best validation {label} {best['validation_score']:.4f} (trial {best['trial']}; "
           f"{summary['completed']} complete, {summary['pruned']} pruned, {summary['failed']} failed of "
           f"{summary['trials']})")
     for key, value in sorted(best["settings"].items()):

@@ -78,7 +78,7 @@ def validation_curve(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_add
         results = simulate(run_cfg, run_dir, progress=False, ray_address=ray_address, on_validation=on_validation)
     except (FedMetaError, NonFiniteModelError) as err:
         raise TrialFailed(str(err)) from None
-    curve = {int(r): float(v) for r, v in results["validation_auc"].items()}
+    curve = {int(r): float(v) for r, v in results["validation_score"].items()}
     if not curve:
         raise TrialFailed("no round has a validation score (every evaluation failed: diverged?)")
     return curve

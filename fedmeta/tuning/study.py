@@ -1,4 +1,4 @@
-"""``fedmeta tune``: an Optuna study (TPE sampler, median pruner on the per-round validation AUC)
+"""``fedmeta tune``: an Optuna study (TPE sampler, median pruner on the per-round validation score)
 stored in SQLite, so that an interrupted tune continues with ``--resume``.
 
 Outputs in the tune's directory: ``best.toml`` (a complete config for ``simulate`` and ``compare``),
@@ -22,6 +22,7 @@ from fedmeta.config import ExperimentConfig, config_toml, with_settings
 from fedmeta.errors import FedMetaError
 from fedmeta.tuning.protocol import TrialFailed, mean_curve, tuning_config, validation_curve
 from fedmeta.tuning.space import resolve_space, suggest
+from fedmeta.tasks import build_task, metric_label
 
 __all__ = ["tune", "STUDY_DB"]
 
@@ -106,7 +107,7 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
         return score
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = f"validation AUC {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        value = f"validation {label} {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
         if trial.state == optuna.trial.TrialState.FAIL:
             value += f": {trial.user_attrs.get('error', '')}"
         try:
@@ -116,6 +117,7 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
         secs = (trial.datetime_complete - trial.datetime_start).total_seconds()
         announce(f"{name} trial {trial.number + 1}/{trials}: {value}; {best}; {secs:.1f}s")
 
+    label = metric_label(build_task(cfg.task).primary)
     federated = name not in BASELINES
     if federated and cfg.privacy.mode != "none":
         announce(f"privacy: each of the {trials} trials is a separate {cfg.privacy.mode}-level DP training on the same "
@@ -148,11 +150,11 @@ def _write_outputs(study: Any, cfg: ExperimentConfig, name: str, out_dir: Path, 
     if cfg.tune.refit and cfg.eval.keep == "last" and cfg.eval.split == "test":
         best_cfg = with_settings(best_cfg, {"data.validation_fraction": 0.0}, "best.toml")
     (out_dir / "best.toml").write_text(config_toml(best_cfg), encoding="utf-8")
-    _plot_history(study, out_dir / "history.png", name)
+    _plot_history(study, out_dir / "history.png", name, metric_label(build_task(cfg.task).primary))
     states = [t.state.name.lower() for t in study.trials]
     summary = {"algorithm": name, "trials": trials, "completed": states.count("complete"),
                "pruned": states.count("pruned"), "failed": states.count("fail"),
-               "best": {"trial": best.number, "validation_auc": best.value, "settings": settings,
+               "best": {"trial": best.number, "validation_score": best.value, "settings": settings,
                         "best_round": best_round},
                "seconds": seconds, "config": json.loads(best_cfg.to_json())}
     (out_dir / "tune.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -163,7 +165,7 @@ def _write_trials_csv(study: Any, path: Path) -> None:
     keys = sorted({k for t in study.trials for k in t.user_attrs.get("settings", {})})
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["trial", "state", "validation_auc", "best_round", "seconds", *keys, "error"])
+        w.writerow(["trial", "state", "validation_score", "best_round", "seconds", *keys, "error"])
         for t in study.trials:
             secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
             s = t.user_attrs.get("settings", {})
@@ -172,7 +174,7 @@ def _write_trials_csv(study: Any, path: Path) -> None:
                         t.user_attrs.get("error", "")])
 
 
-def _plot_history(study: Any, path: Path, name: str) -> None:
+def _plot_history(study: Any, path: Path, name: str, label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,8 +183,8 @@ def _plot_history(study: Any, path: Path, name: str) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-        ax = plot_optimization_history(study, target_name="validation AUC")
-    ax.set_title(f"{name}: validation AUC per trial")
+        ax = plot_optimization_history(study, target_name=f"validation {label}")
+    ax.set_title(f"{name}: validation {label} per trial")
     ax.legend(loc="lower right", fontsize=8)
     ax.figure.set_size_inches(7, 4.2)
     ax.figure.tight_layout()
