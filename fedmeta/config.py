@@ -106,9 +106,31 @@ class TaskConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """An MLP; ``hidden = []`` is logistic regression."""
+    """The model (``fedmeta.models``): ``kind`` from the registry (``mlp``: ``hidden = []`` is logistic
+    regression), or ``factory = "package.module:function"``, the user's own ``nn.Module``."""
 
+    kind: str = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    factory: str = Field("", description="\"package.module:function\" called as function(input_shape, n_outputs, "
+                         "seed); setting it selects it")
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        from fedmeta.models import MODELS
+
+        if kind not in MODELS:
+            raise ValueError(f"unknown model (expected one of {', '.join(MODELS)}, or set model.factory)")
+        return kind
+
+    @field_validator("factory")
+    @classmethod
+    def _importable_path(cls, factory: str) -> str:
+        module, sep, function = factory.partition(":")
+        if factory and not (sep and module and function.isidentifier()
+                            and all(p.isidentifier() for p in module.split("."))):
+            raise ValueError("expected \"package.module:function\"")
+        return factory
 
     @model_validator(mode="after")
     def _positive(self) -> "ModelConfig":

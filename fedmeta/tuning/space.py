@@ -84,7 +84,7 @@ def resolve_space(space: SearchSpace, cfg: ExperimentConfig, algorithm: str,
     of another algorithm's space (``others``) is not this one's business: one config may narrow the
     spaces of all the algorithms a comparison tunes."""
     fixed: dict[str, Any] = {}
-    params = [p for p in space if not (p.key == "model.hidden" and not cfg.model.hidden)]
+    params = [p for p in space if not (p.key == "model.hidden" and (not cfg.model.hidden or cfg.model.factory))]
     keys = {p.key for p in params}
     for key, value in cfg.tune.space.items():
         where = f"tune.space.{key}"

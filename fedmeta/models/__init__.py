@@ -1,34 +1,22 @@
-"""Models for tabular hospital data, and the check that a model is safe to meta-train with vmap."""
+"""Models behind a registry (``[model] kind``; ``model.factory`` selects the user's own), and the
+check that a model is safe to meta-train with vmap."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from fedmeta.config import ModelConfig
 from fedmeta.errors import FedMetaError
+from fedmeta.models.factory import build_from_factory
+from fedmeta.models.mlp import MLP, build_mlp
 
-__all__ = ["MLP", "build_model", "check_meta_trainable", "pick_device"]
+__all__ = ["MLP", "MODELS", "build_model", "check_meta_trainable", "pick_device"]
 
-
-class MLP(nn.Module):
-    """ReLU MLP; no hidden layers = logistic regression. One output (a binary outcome's logit) is
-    returned as ``(n,)``, K outputs (K classes) as ``(n, K)``."""
-
-    def __init__(self, in_features: int, hidden: list[int], n_outputs: int = 1):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, n_outputs))
-        self.net = nn.Sequential(*layers)
-        self.n_outputs = n_outputs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
-        return out.squeeze(-1) if self.n_outputs == 1 else out
+# kind -> builder(cfg, input_shape, n_outputs); the registry the config checks ``model.kind`` against.
+MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {"mlp": build_mlp}
 
 
 def check_meta_trainable(model: nn.Module) -> None:
@@ -44,8 +32,12 @@ def check_meta_trainable(model: nn.Module) -> None:
 def build_model(cfg: ModelConfig, n_features: int, seed: int, n_outputs: int = 1) -> nn.Module:
     """The model with a seeded initialisation (the same on every process that builds it);
     ``n_outputs`` is the task's (``Task.n_outputs``)."""
+    input_shape = (n_features,)
     torch.manual_seed(seed)
-    model = MLP(n_features, list(cfg.hidden), n_outputs)
+    if cfg.factory:
+        model = build_from_factory(cfg, input_shape, n_outputs, seed)
+    else:
+        model = MODELS[cfg.kind](cfg, input_shape, n_outputs)
     check_meta_trainable(model)
     return model
 

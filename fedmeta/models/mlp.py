@@ -1,0 +1,37 @@
+"""The MLP for tabular hospital data; no hidden layers is (multinomial) logistic regression."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedmeta.config import ModelConfig
+from fedmeta.errors import FedMetaError
+
+__all__ = ["MLP", "build_mlp"]
+
+
+class MLP(nn.Module):
+    """ReLU MLP. One output (a binary outcome's logit, a risk score) is returned as ``(n,)``,
+    K outputs (K classes) as ``(n, K)``."""
+
+    def __init__(self, in_features: int, hidden: list[int], n_outputs: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, n_outputs))
+        self.net = nn.Sequential(*layers)
+        self.n_outputs = n_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out.squeeze(-1) if self.n_outputs == 1 else out
+
+
+def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+    if len(input_shape) != 1:
+        raise FedMetaError(f"model.kind = \"mlp\" takes feature vectors; this data has shape {input_shape}")
+    return MLP(input_shape[0], list(cfg.hidden), n_outputs)

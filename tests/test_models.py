@@ -1,0 +1,84 @@
+"""Models: the registry, and the user's own ``nn.Module`` through ``model.factory``, end to end in a
+Flower simulation and refused in one line when it cannot be used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedmeta.cli import main
+
+CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
+
+USER_MODELS = '''
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, d, k):
+        super().__init__()
+        self.a, self.n, self.b, self.k = nn.Linear(d, 12), nn.LayerNorm(12), nn.Linear(12, k), k
+
+    def forward(self, x):
+        out = self.b(torch.tanh(self.n(self.a(x))))
+        return out.squeeze(-1) if self.k == 1 else out
+
+
+def tiny(input_shape, n_outputs, seed):
+    return Tiny(input_shape[0], n_outputs)
+
+
+def text(input_shape, n_outputs, seed):
+    return "a model"
+
+
+def broken(input_shape, n_outputs, seed):
+    raise RuntimeError("no GPU here")
+
+
+def with_batchnorm(input_shape, n_outputs, seed):
+    return nn.Sequential(nn.Linear(input_shape[0], 4), nn.BatchNorm1d(4), nn.Linear(4, 1), nn.Flatten(0))
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "hospital_models.py").write_text(USER_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_user_factory_model_trains_in_a_simulated_federation(user_module):
+    out = user_module / "run"
+    assert main(["simulate", CI, "--set", "model.factory=\"hospital_models:tiny\"", "--set", "federation.rounds=2",
+                 "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["rounds_completed"] == 2 and len(results["final"]) == 5
+    import torch
+
+    state = torch.load(out / "model.pt")
+    assert {"a.weight", "n.weight", "b.weight"} <= set(state)  # the user's module, not the MLP
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("hospital_models:nothing", "has no function 'nothing'"),
+    ("no_such_package.models:tiny", "cannot import 'no_such_package.models': ModuleNotFoundError"),
+    ("hospital_models:text", "returned str, not a torch.nn.Module"),
+    ("hospital_models:broken", "raised RuntimeError: no GPU here"),
+    ("hospital_models:with_batchnorm", "BatchNorm1d) uses batch statistics"),
+    ("hospital_models", "expected \"package.module:function\""),
+])
+def test_a_factory_that_cannot_be_used_is_one_line(user_module, capsys, factory, message):
+    out = user_module / "run"
+    assert main(["simulate", CI, "--set", f"model.factory=\"{factory}\"", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and not out.exists()
+
+
+def test_an_unknown_model_kind_is_one_line(capsys):
+    assert main(["simulate", CI, "--set", "model.kind=\"transformer\""]) == 2
+    assert "model.kind: unknown model (expected one of mlp, or set model.factory)" in capsys.readouterr().err
