@@ -81,6 +81,17 @@ class DataConfig(_Section):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
+def _registered(kind: str, module: str, registry: str, what: str, hint: str = "") -> str:
+    """``kind`` if the registry ``module.registry`` holds it (imported late: the registries import
+    torch, and a config is checked before anything heavy)."""
+    import importlib
+
+    names = getattr(importlib.import_module(module), registry)
+    if kind not in names:
+        raise ValueError(f"unknown {what} (expected one of {', '.join(names)}{hint})")
+    return kind
+
+
 class TaskConfig(_Section):
     """What is learned from the labels (``fedmeta.tasks``): its loss, metrics and k-shot strata."""
 
@@ -90,11 +101,7 @@ class TaskConfig(_Section):
     @field_validator("kind")
     @classmethod
     def _known(cls, kind: str) -> str:
-        from fedmeta.tasks import TASKS
-
-        if kind not in TASKS:
-            raise ValueError(f"unknown task (expected one of {', '.join(TASKS)})")
-        return kind
+        return _registered(kind, "fedmeta.tasks", "TASKS", "task")
 
     @model_validator(mode="after")
     def _classes(self) -> "TaskConfig":
@@ -117,11 +124,7 @@ class ModelConfig(_Section):
     @field_validator("kind")
     @classmethod
     def _known(cls, kind: str) -> str:
-        from fedmeta.models import MODELS
-
-        if kind not in MODELS:
-            raise ValueError(f"unknown model (expected one of {', '.join(MODELS)}, or set model.factory)")
-        return kind
+        return _registered(kind, "fedmeta.models", "MODELS", "model", ", or set model.factory")
 
     @field_validator("factory")
     @classmethod

@@ -17,9 +17,9 @@ from fedmeta.data.episodes import EpisodeBatch
 from fedmeta.errors import FedMetaError
 from fedmeta.meta.algorithms import ALGORITHMS, InnerLoop, get_algorithm
 from fedmeta.meta.functional import params_of
-from fedmeta.meta.reference import reference_maml_gradients
 from fedmeta.models import MLP, build_model, check_meta_trainable
 from fedmeta.tasks import BinaryTask, MulticlassTask
+from maml_reference import assert_maml_matches_reference
 
 INNER = InnerLoop(steps=3, lr=0.3, task=BinaryTask())
 
@@ -55,13 +55,7 @@ def _manual_adapt(model, weights, names, x, y, steps, lr, create_graph):
 
 @pytest.mark.parametrize("hidden", [[], [8], [8, 6]])
 def test_maml_matches_per_task_autograd_reference(hidden):
-    model, batch = _model(hidden), _batch()
-    params = params_of(model)
-    grads, _ = ALGORITHMS["maml"].episode_gradients(model, params, batch, INNER)
-    ref = reference_maml_gradients(model, params, batch, steps=INNER.steps, lr=INNER.lr, task=INNER.task)
-    for i, r in enumerate(ref):
-        for k in params:
-            torch.testing.assert_close(grads[k][i], r[k], rtol=1e-10, atol=1e-12)
+    assert_maml_matches_reference(_model(hidden), _batch(), INNER)
 
 
 def test_multiclass_maml_matches_the_per_task_reference():
@@ -71,13 +65,7 @@ def test_multiclass_maml_matches_the_per_task_reference():
     g = torch.Generator().manual_seed(3)
     batch = EpisodeBatch(batch.x_support, torch.randint(0, 3, (3, 4), generator=g).double(),
                          batch.x_query, torch.randint(0, 3, (3, 6), generator=g).double())
-    inner = InnerLoop(steps=3, lr=0.3, task=MulticlassTask(3))
-    params = params_of(model)
-    grads, _ = ALGORITHMS["maml"].episode_gradients(model, params, batch, inner)
-    ref = reference_maml_gradients(model, params, batch, steps=inner.steps, lr=inner.lr, task=inner.task)
-    for i, r in enumerate(ref):
-        for k in params:
-            torch.testing.assert_close(grads[k][i], r[k], rtol=1e-10, atol=1e-12)
+    assert_maml_matches_reference(model, batch, InnerLoop(steps=3, lr=0.3, task=MulticlassTask(3)))
 
 
 def test_maml_matches_central_finite_differences():
@@ -188,14 +176,9 @@ class _NormNet(nn.Module):
 
 def test_any_module_without_batch_statistics_works():
     torch.manual_seed(0)
-    model, batch = _NormNet().double(), _batch()
+    model = _NormNet().double()
     check_meta_trainable(model)
-    params = params_of(model)
-    grads, _ = ALGORITHMS["maml"].episode_gradients(model, params, batch, INNER)
-    ref = reference_maml_gradients(model, params, batch, steps=INNER.steps, lr=INNER.lr, task=INNER.task)
-    for i, r in enumerate(ref):
-        for k in params:
-            torch.testing.assert_close(grads[k][i], r[k], rtol=1e-9, atol=1e-11)
+    assert_maml_matches_reference(model, _batch(), INNER, rtol=1e-9, atol=1e-11)
 
 
 def test_batch_statistics_layers_are_refused():

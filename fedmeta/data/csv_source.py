@@ -18,7 +18,7 @@ from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 from fedmeta.tasks import Task
 
-__all__ = ["load_csv_sites", "load_csv_site", "require_dir", "quote_cell"]
+__all__ = ["load_csv_sites", "load_csv_site", "require_dir", "quote_cell", "parse_cell"]
 
 
 def require_dir(cfg: DataConfig) -> Path:
@@ -37,7 +37,8 @@ def quote_cell(text: str, limit: int = 40) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
-def _parse_cell(text: str, where: str) -> float:
+def parse_cell(text: str, where: str) -> float:
+    """A cell as a float: empty is NaN (missing); anything else must be a finite number."""
     text = text.strip()
     if text == "":
         return math.nan
@@ -85,11 +86,11 @@ def _read_one(path: Path, label: str, task: Task) -> tuple[list[str], np.ndarray
             continue
         if len(row) != len(header):
             raise FedMetaError(f"{path}: line {r}: {len(row)} cells, expected {len(header)}")
-        y = _parse_cell(row[li], f"{path}: line {r}, column {label!r}")
+        y = parse_cell(row[li], f"{path}: line {r}, column {label!r}")
         if math.isnan(y) or (reason := task.label_error(y)):
             reason = "missing label" if math.isnan(y) else reason
             raise FedMetaError(f"{path}: line {r}, column {label!r}: {reason}, got {quote_cell(row[li])}")
-        xs.append([_parse_cell(c, f"{path}: line {r}, column {header[i]!r}") for i, c in enumerate(row) if i != li])
+        xs.append([parse_cell(c, f"{path}: line {r}, column {header[i]!r}") for i, c in enumerate(row) if i != li])
         ys.append(y)
     if not ys:
         raise FedMetaError(f"{path}: no data rows")

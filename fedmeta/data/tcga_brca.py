@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmeta.config import DataConfig
-from fedmeta.data.csv_source import quote_cell, require_dir
+from fedmeta.data.csv_source import parse_cell, quote_cell, require_dir
 from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 from fedmeta.tasks import Task
@@ -38,12 +38,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _number(text: str, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise FedMetaError(f"{where}: non-numeric value {quote_cell(text)}") from None
-    if not math.isfinite(value):
-        raise FedMetaError(f"{where}: non-finite value {quote_cell(text)}")
+    value = parse_cell(text, where)
+    if math.isnan(value):
+        raise FedMetaError(f"{where}: missing value (Fed-TCGA-BRCA has none)")
     return value
 
 
