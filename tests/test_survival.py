@@ -102,3 +102,19 @@ def test_fed_tcga_brca_keeps_flambys_split_per_region():
     assert len(features) == 39 and all(s.x.shape[1] == 39 for s in sites)
     with pytest.raises(FedMetaError, match="survival dataset"):
         load_tcga_brca_sites(DataConfig(source="tcga-brca", dir=str(TCGA)), BinaryTask())
+
+
+@pytest.mark.skipif(not TCGA.is_dir(), reason="shared Fed-TCGA-BRCA data not present")
+def test_a_deployed_region_holds_its_own_patients_only(tmp_path):
+    from fedmeta.config import load_config
+    from fedmeta.data.sources import load_hospital
+    from fedmeta.data.tcga_brca import write_own_region
+
+    write_own_region(TCGA, "europe", tmp_path / "europe")
+    rows = (tmp_path / "europe" / "brca.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 129 + 33  # the header and Europe's patients, nobody else's
+    cfg = load_config(ROOT / "configs" / "tcga-brca.toml", [], str(TCGA))
+    own = load_hospital(cfg, "europe", str(tmp_path / "europe"))
+    assert (own.hospital.n_train, len(own.hospital.y_test), own.n_features) == (129, 33, 39)
+    with pytest.raises(FedMetaError, match="not a Fed-TCGA-BRCA region"):
+        write_own_region(TCGA, "mars", tmp_path / "mars")

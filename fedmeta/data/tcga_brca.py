@@ -21,7 +21,7 @@ from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 from fedmeta.tasks import Task
 
-__all__ = ["TCGA_REGIONS", "load_tcga_brca_sites"]
+__all__ = ["TCGA_REGIONS", "load_tcga_brca_sites", "write_own_region"]
 
 # FLamby's center k -> the region its TSS codes belong to (the README's table).
 TCGA_REGIONS = ("northeast", "south", "west", "midwest", "europe", "canada")
@@ -42,6 +42,24 @@ def _number(text: str, where: str) -> float:
     if math.isnan(value):
         raise FedMetaError(f"{where}: missing value (Fed-TCGA-BRCA has none)")
     return value
+
+
+def write_own_region(src: Path, region: str, dst: Path) -> None:
+    """``dst`` gets FLamby's two files with ``region``'s patients only: what that hospital's node
+    holds in a deployment (the shipped files hold every region's)."""
+    if region not in TCGA_REGIONS:
+        raise FedMetaError(f"--hospitals: {region!r} is not a Fed-TCGA-BRCA region ({', '.join(TCGA_REGIONS)})")
+    center = str(TCGA_REGIONS.index(region))
+    split_rows = [r for r in _rows(src / "train_test_split.csv") if r.get("fold2", "").partition("_")[2] == center]
+    own = {r["pid"] for r in split_rows}
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train_test_split.csv", split_rows),
+                       ("brca.csv", [r for r in _rows(src / "brca.csv") if r["pid"] in own])):
+        with (dst / name).open("w", newline="", encoding="utf-8") as fh:
+            header = list(_rows(src / name)[0]) if not rows else list(rows[0])
+            writer = csv.DictWriter(fh, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def load_tcga_brca_sites(cfg: DataConfig, task: Task) -> tuple[list[RawSite], list[str]]:

@@ -82,7 +82,6 @@ def plan_nodes(cfg: ExperimentConfig, run_dir: Path, hospitals: list[str] | None
     (``partition-id``). csv / uci-heart: each node gets a directory holding its own file only.
     ``node_policy``: privacy policy keys every node's config gets (``fedmeta.privacy.policy``)."""
     from fedmeta.data.sources import load_federation
-    from fedmeta.data.uci_heart import UCI_SITES
 
     fed = load_federation(cfg)
     names = [check_hospital_name(h) for h in (hospitals or fed.names)]
@@ -109,12 +108,24 @@ def plan_nodes(cfg: ExperimentConfig, run_dir: Path, hospitals: list[str] | None
         else:
             own = home / "data"
             own.mkdir()
-            fname = f"{name}.csv" if cfg.data.source == "csv" else UCI_SITES[name]
-            (own / fname).symlink_to(Path(cfg.data.dir) / fname)
+            _own_files(cfg, name, own)
             node_config["data-dir"] = str(own)
         node_config.update(node_policy or {})
         specs.append(NodeSpec(name, node_config, home))
     return specs
+
+
+def _own_files(cfg: ExperimentConfig, hospital: str, own: Path) -> None:
+    """``own`` gets this hospital's data and nothing of the others'."""
+    from fedmeta.data.tcga_brca import write_own_region
+    from fedmeta.data.uci_heart import UCI_SITES
+
+    src = Path(cfg.data.dir)
+    if cfg.data.source == "tcga-brca":  # FLamby's files hold every region: write the node's rows only
+        write_own_region(src, hospital, own)
+        return
+    fname = f"{hospital}.csv" if cfg.data.source == "csv" else UCI_SITES[hospital]
+    (own / fname).symlink_to(src / fname)
 
 
 def wait_listening(proc: ManagedProcess, port: int, timeout_s: float = 60.0) -> None:
