@@ -305,11 +305,6 @@ class FedMeta(FedAvg):
                 continue
             try:
                 scores = self._scores(msg.content["metrics"])
-                if f"val-{wire_name(self.task.primary)}" in msg.content["metrics"]:
-                    pairs = msg.content["metrics"]["val-pairs"]
-                    if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 1:
-                        raise ValueError(f"val-pairs must be a positive integer, got {pairs!r}")
-                    scores["val_pairs"] = pairs
             except (KeyError, TypeError, ValueError) as err:
                 rec.eval_missed[hospital] = f"dropped: {err}"
                 log.warning("round %d: dropped the evaluation of hospital %s: %s", server_round, hospital, err)
@@ -326,14 +321,21 @@ class FedMeta(FedAvg):
 
     def _scores(self, m: MetricRecord) -> dict[str, float]:
         """The task's metrics in an evaluation reply (before adaptation too, and on validation when
-        sent); each must be a number in [0, 1]."""
-        names = self.task.metric_names
-        scores = {k: float(m[wire_name(k)]) for k in names}  # type: ignore[arg-type]
-        scores[f"{self.task.primary}_unadapted"] = float(m[f"{wire_name(self.task.primary)}-unadapted"])  # type: ignore[arg-type]
-        if f"val-{wire_name(self.task.primary)}" in m:
+        sent, with the positive count of pairs its validation score weighs by); each metric must be a
+        number in [0, 1]."""
+        names, primary = self.task.metric_names, wire_name(self.task.primary)
+        scores: dict[str, float] = {k: float(m[wire_name(k)]) for k in names}  # type: ignore[arg-type]
+        scores[f"{self.task.primary}_unadapted"] = float(m[f"{primary}-unadapted"])  # type: ignore[arg-type]
+        validated = f"val-{primary}" in m
+        if validated:
             scores |= {f"val_{k}": float(m[f"val-{wire_name(k)}"]) for k in names}  # type: ignore[arg-type]
         if not all(0.0 <= v <= 1.0 for v in scores.values()):
             raise ValueError(f"metrics outside [0, 1]: {scores}")
+        if validated:
+            pairs = m["val-pairs"]
+            if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 1:
+                raise ValueError(f"val-pairs must be a positive integer, got {pairs!r}")
+            scores["val_pairs"] = pairs
         return scores
 
     # -- bookkeeping ---------------------------------------------------------------------------
