@@ -24,7 +24,7 @@ from fedmeta.tuning.space import SearchSpace
 from fedmeta.paired import paired_table
 from fedmeta.tasks import Task, build_task, metric_label
 
-__all__ = ["BASELINES", "COMPARED", "run_comparison", "comparison_markdown"]
+__all__ = ["BASELINES", "COMPARED", "PLAN", "claim_plan", "comparison_plan", "run_comparison", "comparison_markdown"]
 
 # Non-federated baselines: name in the table -> per-hospital metrics of a federation.
 BASELINES: dict[str, Callable[[Federation, ExperimentConfig], dict[str, dict[str, Any]]]] = {
@@ -88,8 +88,60 @@ def _summary(per_hospital: dict[str, dict[str, Any]], task: Task) -> dict[str, A
     }
 
 
+# Each finished (algorithm, seed, fold) is kept here, so that ``compare --resume`` skips it.
+UNITS = "units"
+PLAN = "plan.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def comparison_plan(cfg: ExperimentConfig, algorithms: list[str], seeds: list[int], trials: int | None) -> dict:
+    """What a comparison runs; a resumed one must run the same."""
+    return {"config": json.loads(cfg.to_json()), "algorithms": algorithms, "seeds": seeds, "tune": trials}
+
+
+def claim_plan(out_dir: Path, plan: dict[str, Any], resume: bool) -> None:
+    """Record ``plan`` in a new comparison, or check that a resumed one ran the same."""
+    path = out_dir / PLAN
+    if not resume:
+        _write_atomically(path, json.dumps(plan, indent=2) + "\n")
+        return
+    if not path.is_file():
+        raise FedMetaError(f"--resume {out_dir}: no {PLAN} there; nothing to resume")
+    before = json.loads(path.read_text(encoding="utf-8"))
+    differ = [k for k in plan if before.get(k) != plan[k]]
+    if differ:
+        shown = {"config": "config (or --set)", "tune": "--tune"}
+        what = ", ".join(shown.get(k, f"--{k}") for k in differ)
+        raise FedMetaError(f"--resume {out_dir}: that comparison ran with another {what}; resume with the same "
+                           "config, --set, --algorithms, --seeds and --tune")
+
+
 # Tunes one compared name for one (seed, fold) config into a directory: (best config, tune summary).
 Tuner = Callable[[str, ExperimentConfig, Path], tuple[ExperimentConfig, dict[str, Any]]]
+
+
+def _run_unit(algo: str, seed: int, fold: str, fold_cfg: ExperimentConfig, where: str, out_dir: Path,
+              run_federated: Callable[[ExperimentConfig, Path], dict[str, Any]], tuner: Tuner | None) -> dict[str, Any]:
+    """One (algorithm, seed, fold): tuned first when there is a tuner; its counted hospitals."""
+    unit: dict[str, Any] = {}
+    if tuner is not None:
+        fold_cfg, summary = tuner(algo, fold_cfg, out_dir / "tuning" / algo / where)
+        unit["tuning"] = {k: summary[k] for k in ("best", "completed", "pruned", "failed", "trials", "seconds")}
+    missing: list[str] = []
+    if algo in BASELINES:
+        res = BASELINES[algo](load_federation(fold_cfg), fold_cfg)
+    else:
+        run_cfg = fold_cfg.model_copy(update={"meta": fold_cfg.meta.model_copy(update={"algorithm": COMPARED[algo]})})
+        run = run_federated(run_cfg, out_dir / "runs" / algo / f"seed{seed}" / (f"fold-{fold}" if fold else ""))
+        res = run["final"]
+        missing = [h for h in run.get("final_missing", []) if not fold or h == fold]
+    return {**unit, "hospitals": counted(res), "missing": missing}
 
 
 def run_comparison(
@@ -116,22 +168,20 @@ def run_comparison(
             missing: list[str] = []
             for fold, fold_cfg in folds(seeded):
                 done += 1
-                announce(f"[{done}/{total}] {algo}, seed {seed}" + (f", {fold} held out" if fold else ""))
-                if tuner is not None:
-                    where = f"seed{seed}" + (f"-fold-{fold}" if fold else "")
-                    fold_cfg, summary = tuner(algo, fold_cfg, out_dir / "tuning" / algo / where)
-                    table[algo]["tuning"][where] = {k: summary[k] for k in ("best", "completed", "pruned", "failed",
-                                                                              "trials", "seconds")}
-                if algo in BASELINES:
-                    res = BASELINES[algo](load_federation(fold_cfg), fold_cfg)
+                where = f"seed{seed}" + (f"-fold-{fold}" if fold else "")
+                unit_file = out_dir / UNITS / algo / f"{where}.json"
+                line = f"[{done}/{total}] {algo}, seed {seed}" + (f", {fold} held out" if fold else "")
+                if unit_file.is_file():  # finished before an interruption: kept as it was
+                    announce(line + ": finished before, kept")
+                    unit = json.loads(unit_file.read_text(encoding="utf-8"))
                 else:
-                    run_cfg = fold_cfg.model_copy(
-                        update={"meta": fold_cfg.meta.model_copy(update={"algorithm": COMPARED[algo]})})
-                    run_dir = out_dir / "runs" / algo / f"seed{seed}" / (f"fold-{fold}" if fold else "")
-                    run = run_federated(run_cfg, run_dir)
-                    res = run["final"]
-                    missing += [h for h in run.get("final_missing", []) if not fold or h == fold]
-                per_hospital.update(counted(res))
+                    announce(line)
+                    unit = _run_unit(algo, seed, fold, fold_cfg, where, out_dir, run_federated, tuner)
+                    _write_atomically(unit_file, json.dumps(unit, indent=2) + "\n")
+                if "tuning" in unit:
+                    table[algo]["tuning"][where] = unit["tuning"]
+                missing += unit["missing"]
+                per_hospital.update(unit["hospitals"])
             table[algo]["seeds"][str(seed)] = {**_summary(per_hospital, task), "missing": missing}
         s = table[algo]["seeds"].values()
         for key in summary_keys(task):

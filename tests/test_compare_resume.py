@@ -1,0 +1,68 @@
+"""An interrupted comparison continues with ``compare --resume``: finished units are kept, the
+rest runs, and the table is the one an uninterrupted comparison writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedmeta import compare
+from fedmeta.cli import main
+from fedmeta.output_dir import CLAIM
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = str(ROOT / "configs" / "ci.toml")
+ARGS = ["compare", CI, "--algorithms", "local", "pooled", "--seeds", "0", "1", "--quiet"]
+
+
+def _table(out: Path) -> dict:
+    result = json.loads((out / "comparison.json").read_text())
+    return result["algorithms"]
+
+
+def test_an_interrupted_comparison_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
+    whole = tmp_path / "whole"
+    assert main([*ARGS, "--out", str(whole)]) == 0
+
+    calls: list[int] = []
+    pooled = compare.BASELINES["pooled"]
+
+    def interrupted(fed, cfg):
+        calls.append(cfg.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session stops during pooled, seed 1
+        return pooled(fed, cfg)
+
+    monkeypatch.setitem(compare.BASELINES, "pooled", interrupted)
+    out = tmp_path / "cut"
+    assert main([*ARGS, "--out", str(out)]) == 130
+    units = sorted(p.relative_to(out / "units").as_posix() for p in (out / "units").rglob("*.json"))
+    assert units == ["local/seed0.json", "local/seed1.json", "pooled/seed0.json"]
+    kept = {u: (out / "units" / u).read_bytes() for u in units}
+
+    monkeypatch.setitem(compare.BASELINES, "pooled", pooled)
+    calls.clear()
+    assert main([*ARGS, "--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished before, kept") == 3 and "[4/4] pooled, seed 1\n" in err
+    assert all((out / "units" / u).read_bytes() == data for u, data in kept.items())
+    assert _table(out) == _table(whole)
+    assert not (out / CLAIM).exists()
+
+
+def test_a_resume_with_other_arguments_or_without_a_comparison_is_refused(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main([*ARGS[:-3], "0", "--quiet", "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main([*ARGS, "--resume", str(out)]) == 2  # seeds 0 1, not 0
+    assert main([*ARGS[:-3], "0", "--quiet", "--set", "local.lr=0.5", "--resume", str(out)]) == 2
+    assert main([*ARGS, "--resume", str(tmp_path / "none")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()[-3:]
+    assert lines == [
+        f"fedmeta: error: --resume {out}: that comparison ran with another --seeds; resume with the same config, "
+        "--set, --algorithms, --seeds and --tune",
+        f"fedmeta: error: --resume {out}: that comparison ran with another config (or --set); resume with the same "
+        "config, --set, --algorithms, --seeds and --tune",
+        f"fedmeta: error: --resume {tmp_path / 'none'}: no plan.json there; nothing to resume",
+    ]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
