@@ -59,7 +59,7 @@ def run(cfg: ExperimentConfig, construction: str, target: float) -> tuple[float,
     from fedmeta.models import build_model
     from fedmeta.server_optimizer import ServerMetaOptimizer
 
-    model = build_model(cfg.model, fed.n_features, cfg.seed)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed)
     server = ServerMetaOptimizer(params_of(model), cfg.server)
     cpu = torch.device("cpu")
     rounds = cfg.federation.rounds

@@ -58,7 +58,7 @@ def _score_held_out(model: nn.Module, h: Hospital, cfg: ExperimentConfig) -> dic
 def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict[str, float | str]]:
     """Per-hospital test metrics of hospitals that never share anything."""
     task = build_task(cfg.task)
-    model = build_model(cfg.model, fed.n_features, cfg.seed, task.n_outputs)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed, task.n_outputs)
     cpu = torch.device("cpu")
     held = set(cfg.data.held_out)
     out: dict[str, dict[str, float | str]] = {}

@@ -35,13 +35,13 @@ def pooled_params(fed: Federation, cfg: ExperimentConfig) -> dict[str, torch.Ten
     pool = [h for h in fed.hospitals if h.name not in held]
     x = np.concatenate([h.x_train for h in pool])
     y = np.concatenate([h.y_train for h in pool])
-    model = build_model(cfg.model, fed.n_features, cfg.seed, build_task(cfg.task).n_outputs)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed, build_task(cfg.task).n_outputs)
     return train_alone(model, x, y, cfg, np.random.default_rng([cfg.seed, 104_729]))
 
 
 def run_pooled_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict[str, float | str]]:
     """Per-hospital test metrics of the pooled model after each hospital's few-shot adaptation."""
-    model = build_model(cfg.model, fed.n_features, cfg.seed, build_task(cfg.task).n_outputs)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed, build_task(cfg.task).n_outputs)
     params = pooled_params(fed, cfg)
     task = build_task(cfg.task)
     held = set(cfg.data.held_out)

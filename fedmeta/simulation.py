@@ -115,7 +115,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
     _quiet_flower()
     fed = load_federation(cfg)  # bad data fails here, before Ray starts
     check_run(cfg, fed)  # so does a run no hospital could train
-    build_model(cfg.model, fed.n_features, cfg.seed, build_task(cfg.task).n_outputs)  # and a model it cannot build
+    build_model(cfg.model, fed.input_shape, cfg.seed, build_task(cfg.task).n_outputs)  # and a model it cannot build
     if resume:  # an incompatible checkpoint, or ledgers that lost what the run recorded, fail here too
         check_resumed_ledgers(load_checkpoint(out_dir, cfg).history.ledgers, out_dir / "ledgers")
     # Imported late: Flower and Ray are heavy and the CLI validates input before paying for them.

@@ -28,7 +28,7 @@ def _task_identity():
 @pytest.fixture(scope="module")
 def setup():
     cfg = load_config(CI, ["data.held_out=['hospital-05']"])
-    params = params_of(build_model(cfg.model, 8, cfg.seed))
+    params = params_of(build_model(cfg.model, (8,), cfg.seed))
     return cfg, build_client_app(cfg), params
 
 
@@ -93,4 +93,5 @@ def test_query_names_the_hospital_and_its_role(setup):
     reply = app(msg, _context(4))
     assert reply.content["identity"]["hospital"] == "hospital-05"
     assert reply.content["identity"]["role"] == "held-out"
-    assert reply.content["sizes"]["n-features"] == 8
+    assert list(reply.content["sizes"]["input-shape"]) == [8] and reply.content["sizes"]["n-outputs"] == 1
+    assert reply.content["identity"]["task"] == "binary"

@@ -116,7 +116,7 @@ def test_diverged_parameters_have_no_score():
     from fedmeta.models import build_model
 
     fed = load_federation(ExperimentConfig())
-    model = build_model(ModelConfig(hidden=[8]), fed.n_features, seed=0)
+    model = build_model(ModelConfig(hidden=[8]), fed.input_shape, seed=0)
     params = {k: torch.full_like(v, 3e38) * torch.sign(torch.randn_like(v)) for k, v in params_of(model).items()}
     with pytest.raises(NonFiniteModelError, match="not finite"):
         score_params(model, params, fed.hospitals[0], torch.device("cpu"), BinaryTask())

@@ -36,7 +36,7 @@ def test_a_participant_adapts_on_its_whole_train_split_when_asked(participant):
     cfg = load_config(CI, ["model.hidden=[]", "eval.adapt_on=\"all\"", "eval.draws=3", "meta.inner_steps=4"])
     fed = load_federation(cfg)
     h = fed.hospitals[0]
-    model = build_model(cfg.model, fed.n_features, cfg.seed)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed)
     params = params_of(model)
     score = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,
                               device=torch.device("cpu"), participant=participant)["test"]

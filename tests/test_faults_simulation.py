@@ -70,7 +70,8 @@ def test_rounds_complete_without_the_failed_hospitals_and_results_say_who_missed
 
 # What may leave a hospital, per reply type: record name -> (record kind, allowed keys).
 ALLOWED = {
-    "query": {"identity": ("config", {"hospital", "role", "device"}), "sizes": ("metrics", {"n-features", "num-examples"})},
+    "query": {"identity": ("config", {"hospital", "role", "device", "task"}),
+              "sizes": ("metrics", {"input-shape", "n-outputs", "num-examples"})},
     "train": {"arrays": ("arrays", None), "metrics": ("metrics", {
         "num-examples", "train-loss", "episodes", "train-seconds", "on-gpu", "epsilon", "delta", "noise-multiplier"})},
     "evaluate": {"metrics": ("metrics", {"num-examples", "auc", "accuracy", "auc-unadapted", "held-out",
@@ -81,7 +82,7 @@ ERROR_CODES = {BAD_ARRAYS, HELD_OUT, BUDGET_EXHAUSTED, EVAL_FAILED, POLICY_REFUS
 
 def test_every_reply_holds_only_model_shaped_arrays_and_scalar_metrics(faulty_run):
     cfg, _, replies, _ = faulty_run
-    model = {k: list(v.shape) for k, v in params_of(build_model(cfg.model, cfg.data.synthetic.features, cfg.seed)).items()}
+    model = {k: list(v.shape) for k, v in params_of(build_model(cfg.model, (cfg.data.synthetic.features,), cfg.seed)).items()}
     counts = {t: sum(1 for r in replies if r["type"] == t) for t in ALLOWED}
     # 5 identity queries; 15 training messages less the crashed and the hung one; 3 x 5 evaluations.
     assert counts == {"query": 5, "train": 13, "evaluate": 15} and len(replies) == 33
@@ -101,11 +102,14 @@ def test_every_reply_holds_only_model_shaped_arrays_and_scalar_metrics(faulty_ru
                 continue
             assert set(rec["items"]) <= keys, f"{where}: {name} has {sorted(set(rec['items']) - keys)}"
             for key, value in rec["items"].items():
-                if kind == "metrics":
+                if key == "input-shape":  # the one list: the shape of an example, as the model takes it
+                    assert value == {"type": "list", "repr": str([cfg.data.synthetic.features])}, where
+                elif kind == "metrics":
                     assert isinstance(value, (int, float)) and math.isfinite(value), f"{where}: {key}={value!r}"
                 else:
                     assert isinstance(value, str) and len(value) < 64, f"{where}: {key}={value!r}"
         if r["type"] == "query":
             identity = r["records"]["identity"]["items"]
             assert identity["hospital"] == HOSPITALS[r["partition"]] and identity["role"] in ("train", "held-out")
+            assert identity["task"] == "binary"
             assert identity["device"] in ("cpu", "cuda", "mps") or identity["device"].startswith("cuda:")

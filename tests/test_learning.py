@@ -30,7 +30,7 @@ CI = Path(__file__).resolve().parents[1] / "configs" / "ci.toml"
 def _few_shot_auc_after(algorithm: str, rounds: int, seed: int) -> float:
     cfg = load_config(CI, [f'meta.algorithm="{algorithm}"', f"seed={seed}", "eval.draws=5"])
     fed = load_federation(cfg)
-    model = build_model(cfg.model, fed.n_features, cfg.seed)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed)
     server = ServerMetaOptimizer(params_of(model), cfg.server)
     cpu = torch.device("cpu")
     samplers = [EpisodeSampler(h.x_train, h.y_train, task=BinaryTask(), shots=cfg.meta.shots, query=cfg.meta.query,

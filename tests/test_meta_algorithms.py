@@ -191,7 +191,7 @@ def test_registry_lookup():
     assert set(ALGORITHMS) == {"maml", "fomaml", "reptile", "fedavg"}
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("meta-sgd")
-    assert isinstance(build_model(ModelConfig(hidden=[4]), 3, seed=0), MLP)
+    assert isinstance(build_model(ModelConfig(hidden=[4]), (3,), seed=0), MLP)
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))

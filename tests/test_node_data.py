@@ -57,7 +57,7 @@ def test_a_csv_node_reads_only_its_own_directory(tmp_path):
     reply = _query(app, {"hospital": "hospital-a", "data-dir": str(own)})
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     assert reply.content["identity"]["hospital"] == "hospital-a"
-    assert reply.content["sizes"]["n-features"] == 2
+    assert list(reply.content["sizes"]["input-shape"]) == [2]
     assert reply.content["sizes"]["num-examples"] == 42  # 70% of 60
 
 
@@ -118,4 +118,4 @@ def test_a_uci_heart_node_reads_only_its_own_file(tmp_path):
     assert reply.content["identity"]["hospital"] == "hungarian"
     fed = load_federation(cfg)
     assert reply.content["sizes"]["num-examples"] == fed.get("hungarian").n_train
-    assert reply.content["sizes"]["n-features"] == fed.n_features
+    assert tuple(reply.content["sizes"]["input-shape"]) == fed.input_shape

@@ -31,7 +31,7 @@ def test_pooled_is_a_centralised_fit_on_the_training_hospitals():
     pool = [h for h in fed.hospitals if h.name != "hospital-05"]
     x = torch.as_tensor(np.concatenate([h.x_train for h in pool]))
     y = torch.as_tensor(np.concatenate([h.y_train for h in pool]))
-    init = dict(build_model(cfg.model, fed.n_features, cfg.seed).named_parameters())
+    init = dict(build_model(cfg.model, fed.input_shape, cfg.seed).named_parameters())
     (w_name, w), (b_name, b) = [(k, torch.nn.Parameter(v.detach().clone())) for k, v in init.items()]
     opt = torch.optim.Adam([w, b], lr=0.05)
     for _ in range(40):
@@ -58,7 +58,7 @@ def test_every_hospital_is_scored_after_its_own_few_shot_adaptation():
     assert {h: m["role"] for h, m in out.items()} == {
         **{f"hospital-0{i}": "train" for i in range(1, 5)}, "hospital-05": "held-out"}
     # The federated methods' protocol: adapt the pooled model on k shots of the hospital, score on test.
-    model, params = build_model(cfg.model, fed.n_features, cfg.seed), pooled_params(fed, cfg)
+    model, params = build_model(cfg.model, fed.input_shape, cfg.seed), pooled_params(fed, cfg)
     for h in fed.hospitals:
         score = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta,
                                   seed=cfg.seed,

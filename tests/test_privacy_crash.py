@@ -38,7 +38,7 @@ if crash:
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 cfg = load_config(config, ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'privacy.accountant="rdp"'])
 app = build_client_app(cfg, ledger_dir=__import__("pathlib").Path(ledger_dir))
-params = params_of(build_model(cfg.model, 8, cfg.seed))
+params = params_of(build_model(cfg.model, (8,), cfg.seed))
 msg = Message(RecordDict({"arrays": params_to_record(params), "config": ConfigRecord({"server-round": round_})}),
               dst_node_id=7, message_type=MessageType.TRAIN)
 ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 5}, state=RecordDict(),

@@ -121,7 +121,7 @@ def test_the_planned_releases_and_their_calibration(algorithm, kinds):
 def test_first_order_maml_rounds_write_two_ledger_rows_each_before_returning(tmp_path):
     cfg = load_config(CI, ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'meta.algorithm="fomaml"'])
     hospital = load_federation(cfg).hospitals[0]
-    model = build_model(cfg.model, hospital.x_train.shape[1], cfg.seed)
+    model = build_model(cfg.model, hospital.input_shape, cfg.seed)
     params, path = params_of(model), tmp_path / "ledger.sqlite"
     for r in (1, 2):
         plan = plan_privacy(cfg, hospital=hospital.name, n_train=hospital.n_train)

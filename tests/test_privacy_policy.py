@@ -37,7 +37,7 @@ def app():
 
 
 def _train(app, tmp_path: Path, overrides: str, **node: object) -> Message:
-    params = params_of(build_model(load_config(CI).model, 8, 0))
+    params = params_of(build_model(load_config(CI).model, (8,), 0))
     msg = Message(RecordDict({"arrays": params_to_record(params), "config": ConfigRecord({"server-round": 1})}),
                   dst_node_id=7, message_type=MessageType.TRAIN)
     node_config = {"hospital": "hospital-01", "partition-id": 0, "ledger": str(tmp_path / "ledger.sqlite"), **node}
@@ -117,7 +117,7 @@ def test_the_coordinator_cannot_replay_a_deployed_node_noise_from_the_seed(app, 
     assert any(not torch.equal(updates[0][k], updates[1][k]) for k in updates[0])
     cfg = load_config(CI, DP.split())
     simulated = build_client_app(cfg, ledger_dir=tmp_path / "sim")
-    params = params_of(build_model(cfg.model, 8, 0))
+    params = params_of(build_model(cfg.model, (8,), 0))
     same = []
     for i in (1, 2):
         msg = Message(RecordDict({"arrays": params_to_record(params), "config": ConfigRecord({"server-round": 1})}),

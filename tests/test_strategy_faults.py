@@ -16,6 +16,8 @@ from fedmeta.checkpoint import load_checkpoint
 from fedmeta.config import ExperimentConfig
 from fedmeta.errors import FedMetaError
 from fedmeta.flower.records import params_to_record
+from fedmeta.flower.membership import Shape
+from fedmeta.flower.server import discover_hospitals
 from fedmeta.flower.reply_codes import BUDGET_EXHAUSTED
 from fedmeta.flower.strategy import FederationStopped, FedMeta
 from fedmeta.outputs import missed_rounds
@@ -31,15 +33,17 @@ def _task_identity():
 class Hospital:
     """Answers like fedmeta's ClientApp; ``faults[round]`` is "silent", "error", "nan" or "declined"."""
 
-    def __init__(self, name: str, faults: dict[int, str] | None = None, role: str = "train"):
+    def __init__(self, name: str, faults: dict[int, str] | None = None, role: str = "train",
+                 input_shape: tuple[int, ...] = (2,), task: str = "binary"):
         self.name, self.faults, self.role = name, faults or {}, role
+        self.input_shape, self.task = input_shape, task
 
     def __call__(self, msg: Message) -> Message | None:
         kind = msg.metadata.message_type
         if kind == MessageType.QUERY:
             return Message(RecordDict({
-                "identity": ConfigRecord({"hospital": self.name, "role": self.role, "device": "cpu"}),
-                "sizes": MetricRecord({"n-features": 2, "num-examples": 10})}), reply_to=msg)
+                "identity": ConfigRecord({"hospital": self.name, "role": self.role, "device": "cpu", "task": self.task}),
+                "sizes": MetricRecord({"input-shape": list(self.input_shape), "n-outputs": 1, "num-examples": 10})}), reply_to=msg)
         if kind == MessageType.EVALUATE:
             return Message(RecordDict({"metrics": MetricRecord(
                 {"auc": 0.7, "accuracy": 0.6, "auc-unadapted": 0.6, "num-examples": 5})}), reply_to=msg)
@@ -86,7 +90,7 @@ def _run(tmp_path, cfg: ExperimentConfig, grid: Grid, on_round_end: Callable[[in
          restore_from=None) -> FedMeta:
     hospital_of = {n: h.name for n, h in grid.nodes.items()}
     strategy = FedMeta(cfg=cfg, hospital_of=hospital_of, train_nodes=list(hospital_of), initial_params=PARAMS,
-                       checkpoint_dir=tmp_path, on_round_end=on_round_end, n_features=2)
+                       checkpoint_dir=tmp_path, on_round_end=on_round_end, shape=Shape((2,), 1, "binary"))
     if restore_from is not None:
         strategy.restore(load_checkpoint(restore_from, cfg))
     try:
@@ -258,3 +262,27 @@ def test_an_unavailable_node_reply_from_the_superlink_counts_for_its_hospital_an
     assert r3.offline == ["hospital-c"] and not r3.missed
     assert r4.rejoined == ["hospital-c"] and set(r4.train) == {"hospital-a", "hospital-b", "hospital-c"}
     assert set(missed_rounds(strategy.history)) == {"hospital-c"}
+
+
+def test_hospitals_that_disagree_on_their_data_are_refused_before_any_round():
+    grid = Grid({11: Hospital("hospital-a"), 22: Hospital("hospital-b", input_shape=(1, 28, 28))})
+    with pytest.raises(FedMetaError, match=r"^federation: hospitals disagree on their data: hospital-a has inputs of "
+                       r"shape \(2,\), 1 output\(s\), a binary task; hospital-b has inputs of shape \(1, 28, 28\)"):
+        discover_hospitals(grid, expected=2, timeout_s=1.0)
+    grid = Grid({11: Hospital("hospital-a", task="survival"), 22: Hospital("hospital-b", task="survival")})
+    with pytest.raises(FedMetaError, match="disagree") as err:
+        discover_hospitals(Grid({11: Hospital("hospital-a"), 22: Hospital("hospital-b", task="survival")}), 2, 1.0)
+    assert len(discover_hospitals(grid, expected=2, timeout_s=1.0)) == 2  # they agree; the run's task is checked next
+    assert "a survival task" in str(err.value)
+
+
+def test_a_rejoining_node_whose_data_changed_shape_is_ignored(tmp_path):
+    grid = Grid({11: Hospital("hospital-a"), 22: Hospital("hospital-b")})
+
+    def churn(server_round: int) -> None:
+        if server_round == 1:  # hospital-b's node is replaced by one whose examples are images
+            grid.nodes[33] = Hospital("hospital-b", input_shape=(1, 28, 28))
+            del grid.nodes[22]
+
+    strategy = _run(tmp_path, _cfg(rounds=2), grid, on_round_end=churn)
+    assert strategy.members.node_of["hospital-b"] == 22 and strategy.history.rounds[1].offline == ["hospital-b"]

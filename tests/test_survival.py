@@ -115,6 +115,6 @@ def test_a_deployed_region_holds_its_own_patients_only(tmp_path):
     assert len(rows) == 1 + 129 + 33  # the header and Europe's patients, nobody else's
     cfg = load_config(ROOT / "configs" / "tcga-brca.toml", [], str(TCGA))
     own = load_hospital(cfg, "europe", str(tmp_path / "europe"))
-    assert (own.hospital.n_train, len(own.hospital.y_test), own.n_features) == (129, 33, 39)
+    assert (own.hospital.n_train, len(own.hospital.y_test), own.input_shape) == (129, 33, (39,))
     with pytest.raises(FedMetaError, match="not a Fed-TCGA-BRCA region"):
         write_own_region(TCGA, "mars", tmp_path / "mars")

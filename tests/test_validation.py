@@ -119,7 +119,7 @@ def test_a_hospital_counts_in_the_validation_score_by_its_positive_negative_pair
     # The pairs come from the scored split's labels.
     site = _site()
     h = preprocess_site(site, 0.3, seed=0, validation_fraction=0.25, task=BinaryTask())
-    model = build_model(load_config(CI_CONFIG).model, h.x_train.shape[1], 0)
+    model = build_model(load_config(CI_CONFIG).model, h.input_shape, 0)
     params = {k: v.detach() for k, v in model.named_parameters()}
     score = score_params(model, params, h, torch.device("cpu"), BinaryTask(), "validation")
     assert score.pairs == int(h.y_val.sum()) * int((h.y_val == 0).sum())
@@ -144,7 +144,7 @@ def test_a_run_keeps_its_best_validation_round(tmp_path):
     assert {h: m["auc"] for h, m in res["final"].items()} == {h: m["auc"] for h, m in kept["eval"].items()}
     # model.pt is that round's model: adapted again here, it scores what the hospitals reported then.
     fed = load_federation(cfg)
-    model = build_model(cfg.model, fed.n_features, cfg.seed)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed)
     params = torch.load(tmp_path / "run" / "model.pt")
     h = fed.hospitals[0]
     val = evaluate_few_shot(model, params, h, task=BinaryTask(), eval_cfg=cfg.eval, meta_cfg=cfg.meta, seed=cfg.seed,

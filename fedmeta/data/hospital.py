@@ -53,6 +53,10 @@ class Hospital:
     def n_train(self) -> int:
         return int(self.y_train.shape[0])
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
 
 @dataclass(frozen=True)
 class Federation:
@@ -68,6 +72,11 @@ class Federation:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape: ``(features,)`` for a table, ``(channels, height, width)`` for images."""
+        return tuple(int(d) for d in self.hospitals[0].x_train.shape[1:])
 
     def get(self, name: str) -> Hospital:
         for h in self.hospitals:

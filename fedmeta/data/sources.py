@@ -103,10 +103,10 @@ def training_hospitals(fed: Federation, cfg: ExperimentConfig) -> list[str]:
 
 
 class OwnHospital(NamedTuple):
-    """One deployed node's hospital, its feature count and its index (seeds its local randomness)."""
+    """One deployed node's hospital, its input shape and its index (seeds its local randomness)."""
 
     hospital: Hospital
-    n_features: int
+    input_shape: tuple[int, ...]
     index: int
 
 
@@ -144,7 +144,6 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
     if cfg.data.source == "synthetic":
         _binary_only(cfg)
         raw, index = _synthetic_site(cfg.data, cfg.seed, hospital, partition_id)
-        n_features = cfg.data.synthetic.features
     else:
         root = Path(data_dir or cfg.data.dir)
         if not (data_dir or cfg.data.dir):
@@ -160,17 +159,16 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
         else:
             raw, features = load_uci_heart_site(hospital, root, build_task(cfg.task))
             index = list(UCI_SITES).index(hospital)
-        n_features = len(features)
         index = index if partition_id is None else partition_id
     site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction,
                            cfg.data.validation_draw, task=build_task(cfg.task))
     _check_hospital(site, cfg)
-    return OwnHospital(site, n_features, index)
+    return OwnHospital(site, site.input_shape, index)
 
 
 def load_hospital(cfg: ExperimentConfig, hospital: str, data_dir: str = "",
                   partition_id: int | None = None) -> OwnHospital:
-    """Load, split and preprocess one hospital only, and its feature count: what a deployed node
+    """Load, split and preprocess one hospital only, and its input shape: what a deployed node
     does with its own data directory (``data_dir``; default ``data.dir``). A synthetic site is
     found by name, or by ``partition_id`` under the name the node was given."""
     return _load_one_cached(cfg.to_json(), hospital, data_dir, partition_id)

@@ -43,7 +43,7 @@ class _Site:
     hospital: Hospital
     index: int
     held_out: bool
-    n_features: int
+    input_shape: tuple[int, ...]
     device: torch.device
     deployed: bool  # the config came from the run config (the coordinator's): the node config holds the policy
 
@@ -62,7 +62,7 @@ def _node_partition(node_config: dict) -> int | None:
         raise FedMetaError(f"node config partition-id: expected an integer, got {value!r}") from None
 
 
-def _load_own(cfg: ExperimentConfig, name: str, node: dict, deployed: bool) -> tuple[Hospital, int, int]:
+def _load_own(cfg: ExperimentConfig, name: str, node: dict, deployed: bool) -> tuple[Hospital, tuple[int, ...], int]:
     """A named node's own hospital. Deployed, its data directory is the node config's alone, and a
     failure is reported without its detail: the message would carry the hospital's data (a cell,
     class counts, file names) to the coordinator, whose run config chose the data settings."""
@@ -84,17 +84,17 @@ def _site(cfg: ExperimentConfig, context: Context, deployed: bool) -> _Site:
     node = context.node_config
     name = node.get("hospital")
     if name:
-        hospital, n_features, index = _load_own(cfg, str(name), node, deployed)
+        hospital, input_shape, index = _load_own(cfg, str(name), node, deployed)
     else:
         fed = load_federation(cfg)
         index = int(node["partition-id"])
-        hospital, n_features = fed.hospitals[index], fed.n_features
-    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, n_features, pick_device(), deployed)
+        hospital, input_shape = fed.hospitals[index], fed.input_shape
+    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, input_shape, pick_device(), deployed)
 
 
 def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Params] | Message:
     """The model with the received global parameters, or an error reply if they do not fit it."""
-    model = build_model(site.cfg.model, site.n_features, site.cfg.seed,
+    model = build_model(site.cfg.model, site.input_shape, site.cfg.seed,
                         build_task(site.cfg.task).n_outputs).to(site.device)
     try:
         return model, record_to_params(msg.content["arrays"], params_of(model), site.device)
@@ -136,9 +136,11 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         site = site_of(context)
         identity = ConfigRecord(
             {"hospital": site.hospital.name, "role": "held-out" if site.held_out else "train",
-             "device": str(site.device)}
+             "device": str(site.device), "task": site.cfg.task.kind}
         )
-        sizes = MetricRecord({"n-features": site.n_features, "num-examples": site.hospital.n_train})
+        sizes = MetricRecord({"input-shape": list(site.input_shape),
+                              "n-outputs": build_task(site.cfg.task).n_outputs,
+                              "num-examples": site.hospital.n_train})
         return Message(RecordDict({"identity": identity, "sizes": sizes}), reply_to=msg)
 
     @app.train()

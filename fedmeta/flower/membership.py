@@ -13,17 +13,37 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-__all__ = ["Identity", "identify", "Membership", "reply_node"]
+__all__ = ["Identity", "Shape", "identify", "Membership", "reply_node"]
 
 log = logging.getLogger("fedmeta.server")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a hospital's model must take and give: every hospital of a federation agrees on it."""
+
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    task: str
+
+    def __str__(self) -> str:
+        return f"inputs of shape {self.input_shape}, {self.n_outputs} output(s), a {self.task} task"
 
 
 @dataclass(frozen=True)
 class Identity:
     hospital: str
     role: str  # "train" / "held-out"
-    n_features: int
+    shape: Shape
     device: str
+
+
+def _shape(ident: object, sizes: object) -> Shape:
+    dims = tuple(int(d) for d in sizes["input-shape"])  # type: ignore[index]
+    outputs = int(sizes["n-outputs"])  # type: ignore[index]
+    if not dims or min(dims) < 1 or outputs < 1:
+        raise ValueError(f"input-shape {dims} / n-outputs {outputs} are not positive")
+    return Shape(dims, outputs, str(ident["task"]))  # type: ignore[index]
 
 
 def reply_node(reply: Message, sent: list[Message]) -> int:
@@ -54,7 +74,7 @@ def identify(grid: Grid, nodes: list[int], timeout: float) -> tuple[dict[int, Id
             continue
         try:
             ident, sizes = reply.content["identity"], reply.content["sizes"]
-            found[node] = Identity(str(ident["hospital"]), str(ident["role"]), int(sizes["n-features"]),
+            found[node] = Identity(str(ident["hospital"]), str(ident["role"]), _shape(ident, sizes),
                                    str(ident["device"]))
         except (KeyError, TypeError, ValueError) as err:
             failed[node] = f"malformed identity: {err}"
@@ -67,10 +87,10 @@ def identify(grid: Grid, nodes: list[int], timeout: float) -> tuple[dict[int, Id
 class Membership:
     """The current node of each hospital of the federation, kept up to date between rounds."""
 
-    def __init__(self, node_of: dict[str, int], roles: dict[str, str], n_features: int | None = None):
+    def __init__(self, node_of: dict[str, int], roles: dict[str, str], shape: Shape | None = None):
         self.node_of = dict(node_of)
         self.roles = dict(roles)
-        self.n_features = n_features
+        self.shape = shape
         self._seen: set[int] = set(node_of.values())  # identified, refused or failed: never asked again
         self.connected: set[str] = set(node_of)
 
@@ -112,6 +132,6 @@ class Membership:
             return "it is not part of this federation"
         if ident.role != self.roles[ident.hospital]:
             return f"its role is {ident.role}, not {self.roles[ident.hospital]}"
-        if self.n_features is not None and ident.n_features != self.n_features:
-            return f"it has {ident.n_features} features, not {self.n_features}"
+        if self.shape is not None and ident.shape != self.shape:
+            return f"its data has {ident.shape}, not {self.shape}"
         return ""

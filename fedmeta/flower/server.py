@@ -61,8 +61,10 @@ def discover_hospitals(grid: Grid, expected: int, timeout_s: float) -> dict[int,
     names = [v.hospital for v in out.values()]
     if len(set(names)) != len(names):
         raise FedMetaError(f"federation: two nodes claim the same hospital: {sorted(names)}")
-    if len({v.n_features for v in out.values()}) != 1:
-        raise FedMetaError("federation: hospitals disagree on the number of features")
+    shapes = {v.shape for v in out.values()}
+    if len(shapes) != 1:
+        raise FedMetaError("federation: hospitals disagree on their data: "
+                           + "; ".join(sorted(f"{v.hospital} has {v.shape}" for v in out.values())))
     return out
 
 
@@ -99,14 +101,18 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     train_nodes = [n for n, v in identities.items() if v.role == "train"]
     if not train_nodes:
         raise FedMetaError("federation: no hospital is allowed to train (all held out)")
-    n_features = next(iter(identities.values())).n_features
-    model = build_model(cfg.model, n_features, cfg.seed, build_task(cfg.task).n_outputs)
+    shape = next(iter(identities.values())).shape
+    task = build_task(cfg.task)
+    if (shape.task, shape.n_outputs) != (cfg.task.kind, task.n_outputs):
+        raise FedMetaError(f"federation: the hospitals report {shape}; this run's task.kind is {cfg.task.kind!r} "
+                           f"with {task.n_outputs} output(s)")
+    model = build_model(cfg.model, shape.input_shape, cfg.seed, task.n_outputs)
     start = ckpt.round if ckpt else 0
     bar = tqdm(total=cfg.federation.rounds, initial=start, desc=f"{cfg.meta.algorithm} rounds", unit="round",
                disable=not progress)
     strategy = FedMeta(
         cfg=cfg, hospital_of=hospital_of, train_nodes=train_nodes, initial_params=params_of(model),
-        checkpoint_dir=out_dir, on_round_end=lambda r: _round_done(r, bar, _stop_after_round), n_features=n_features,
+        checkpoint_dir=out_dir, on_round_end=lambda r: _round_done(r, bar, _stop_after_round), shape=shape,
         on_validation=on_validation,
     )
     strategy.history.devices = {v.hospital: v.device for v in identities.values()}

@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from fedmeta.checkpoint import Checkpoint, save_checkpoint
 from fedmeta.config import ExperimentConfig
-from fedmeta.flower.membership import Membership, reply_node
+from fedmeta.flower.membership import Membership, Shape, reply_node
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
 from fedmeta.flower.reply_codes import BUDGET_EXHAUSTED, REFUSALS
 from fedmeta.flower.selection import OnValidation, RoundSelection, StopRun
@@ -68,7 +68,7 @@ class FedMeta(FedAvg):
         initial_params: Params,
         checkpoint_dir: Path,
         on_round_end: Callable[[int], None] | None = None,
-        n_features: int | None = None,
+        shape: Shape | None = None,
         on_validation: OnValidation | None = None,
     ):
         super().__init__(
@@ -80,7 +80,7 @@ class FedMeta(FedAvg):
         )
         self.cfg = cfg
         roles = {h: "train" if n in train_nodes else "held-out" for n, h in hospital_of.items()}
-        self.members = Membership({h: n for n, h in hospital_of.items()}, roles, n_features)
+        self.members = Membership({h: n for n, h in hospital_of.items()}, roles, shape)
         self.trainers = sorted(h for h, role in roles.items() if role == "train")
         self.optimizer = ServerMetaOptimizer(initial_params, cfg.server)
         self.task = build_task(cfg.task)

@@ -29,10 +29,10 @@ def check_meta_trainable(model: nn.Module) -> None:
             )
 
 
-def build_model(cfg: ModelConfig, n_features: int, seed: int, n_outputs: int = 1) -> nn.Module:
-    """The model with a seeded initialisation (the same on every process that builds it);
-    ``n_outputs`` is the task's (``Task.n_outputs``)."""
-    input_shape = (n_features,)
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], seed: int, n_outputs: int = 1) -> nn.Module:
+    """The model for examples of ``input_shape`` (``Federation.input_shape``) with a seeded
+    initialisation (the same on every process that builds it); ``n_outputs`` is the task's."""
+    input_shape = tuple(int(d) for d in input_shape)
     torch.manual_seed(seed)
     if cfg.factory:
         model = build_from_factory(cfg, input_shape, n_outputs, seed)

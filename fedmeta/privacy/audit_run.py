@@ -33,7 +33,7 @@ def run_empirical_audit(cfg: ExperimentConfig, out_dir: Path,
     if cfg.audit.hospital not in training_hospitals(fed, cfg):
         raise FedMetaError(f"audit.hospital: {cfg.audit.hospital!r} is not a training hospital "
                            f"(training hospitals: {', '.join(training_hospitals(fed, cfg))})")
-    model = build_model(cfg.model, fed.n_features, cfg.seed, build_task(cfg.task).n_outputs)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed, build_task(cfg.task).n_outputs)
     n_params = sum(p.numel() for p in model.parameters())
     if cfg.audit.canaries > n_params:
         raise FedMetaError(f"audit.canaries: {cfg.audit.canaries} gradient canaries need as many model parameters; "
