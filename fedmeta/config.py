@@ -113,11 +113,14 @@ class TaskConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The model (``fedmeta.models``): ``kind`` from the registry (``mlp``: ``hidden = []`` is logistic
-    regression), or ``factory = "package.module:function"``, the user's own ``nn.Module``."""
+    """The model (``fedmeta.models``): ``kind`` from the registry (``mlp`` for tables, ``hidden = []``
+    being logistic regression; ``convnet`` and ``resnet`` for images), or ``factory =
+    "package.module:function"``, the user's own ``nn.Module``."""
 
     kind: str = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    hidden: list[int] = Field(default_factory=lambda: [64, 64], description="mlp: hidden layer sizes")
+    width: int = Field(32, ge=1, description="convnet: channels of each block; resnet: of the first stage")
+    blocks: int = Field(2, ge=1, description="resnet: basic blocks per stage")
     factory: str = Field("", description="\"package.module:function\" called as function(input_shape, n_outputs, "
                          "seed); setting it selects it")
 

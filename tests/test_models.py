@@ -82,3 +82,36 @@ def test_a_factory_that_cannot_be_used_is_one_line(user_module, capsys, factory,
 def test_an_unknown_model_kind_is_one_line(capsys):
     assert main(["simulate", CI, "--set", "model.kind=\"transformer\""]) == 2
     assert "model.kind: unknown model (expected one of mlp, or set model.factory)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind,shape,outputs", [("convnet", (1, 9, 9), 1), ("resnet", (2, 6, 5), 3)])
+def test_image_models_pass_the_vmapped_second_order_check(kind, shape, outputs):
+    """GroupNorm, pooling and residual paths: the batched meta-gradient equals the per-task loop (float64)."""
+    import torch
+
+    from fedmeta.config import ModelConfig
+    from fedmeta.data.episodes import EpisodeBatch
+    from fedmeta.meta.algorithms import InnerLoop
+    from fedmeta.models import build_model
+    from fedmeta.tasks import BinaryTask, MulticlassTask
+    from maml_reference import assert_maml_matches_reference
+
+    model = build_model(ModelConfig(kind=kind, width=4, blocks=1), shape, seed=0, n_outputs=outputs).double()
+    g = torch.Generator().manual_seed(0)
+    labels = (lambda n: torch.randint(0, outputs, (2, n), generator=g).double()) if outputs > 1 else \
+        (lambda n: (torch.rand(2, n, generator=g) < 0.5).double())
+    batch = EpisodeBatch(torch.randn(2, 4, *shape, generator=g, dtype=torch.float64), labels(4),
+                         torch.randn(2, 5, *shape, generator=g, dtype=torch.float64), labels(5))
+    task = MulticlassTask(outputs) if outputs > 1 else BinaryTask()
+    assert_maml_matches_reference(model, batch, InnerLoop(steps=2, lr=0.1, task=task), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["convnet", "resnet"])
+def test_image_models_refuse_a_table_in_one_line(kind):
+    from fedmeta.config import ModelConfig
+    from fedmeta.errors import FedMetaError
+    from fedmeta.models import build_model
+
+    with pytest.raises(FedMetaError, match=rf"^model.kind = \"{kind}\" takes images \(channels, height, width\); "
+                       r"this data has examples of shape \(13,\)"):
+        build_model(ModelConfig(kind=kind), (13,), seed=0)

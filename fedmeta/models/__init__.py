@@ -10,13 +10,19 @@ from torch import nn
 
 from fedmeta.config import ModelConfig
 from fedmeta.errors import FedMetaError
+from fedmeta.models.convnet import build_convnet
 from fedmeta.models.factory import build_from_factory
 from fedmeta.models.mlp import MLP, build_mlp
+from fedmeta.models.resnet import build_resnet
 
 __all__ = ["MLP", "MODELS", "build_model", "check_meta_trainable", "pick_device"]
 
 # kind -> builder(cfg, input_shape, n_outputs); the registry the config checks ``model.kind`` against.
-MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {"mlp": build_mlp}
+MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
+    "mlp": build_mlp,  # tables
+    "convnet": build_convnet,  # images: the conv4 backbone of few-shot learning
+    "resnet": build_resnet,  # images: a small ResNet
+}
 
 
 def check_meta_trainable(model: nn.Module) -> None:
