@@ -34,6 +34,8 @@ def _print_summary(results: dict) -> None:
     from fedmeta.tasks import metric_label
 
     primary, *others = results["metrics"]
+    if results.get("data_note"):
+        print(f"note: {results['data_note']}")
     for role, s in results["summary"].items():
         label = "participating hospitals" if role == "train" else "held-out hospitals"
         print(f"{label}: mean {metric_label(primary)} {s[f'mean_{primary}']:.3f}, worst-site {metric_label(primary)} "

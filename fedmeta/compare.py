@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedmeta.config import ExperimentConfig
-from fedmeta.data.sources import load_federation
+from fedmeta.data.sources import data_note, load_federation
 from fedmeta.errors import FedMetaError
 from fedmeta.data.hospital import Federation
 from fedmeta import local_baseline, pooled_baseline
@@ -194,6 +194,7 @@ def run_comparison(
         "mode": "leave-one-hospital-out" if cfg.data.leave_one_out else
                 ("unseen hospitals" if cfg.data.held_out else "personalisation"),
         "seeds": seeds,
+        "data_note": data_note(cfg),
         "metrics": list(task.metric_names),  # the first is the primary one
         "algorithms": table,
         "config": json.loads(cfg.to_json()),
@@ -235,7 +236,8 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     primary, *others = result["metrics"]
     p = metric_label(primary)
     keys = (f"mean_{primary}", f"worst_{primary}", *(f"mean_{k}" for k in others))
-    lines = [
+    lines = [f"Note: {result['data_note']}.", ""] if result.get("data_note") else []
+    lines += [
         f"Mode: {result['mode']}; seeds {', '.join(map(str, result['seeds']))}; "
         f"{p} after few-shot adaptation on each hospital's test split (mean ± std over seeds).",
         "",

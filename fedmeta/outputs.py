@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fedmeta.config import ExperimentConfig
+from fedmeta.data.sources import data_note
 from fedmeta.history import RunHistory
 from fedmeta.tasks import Task, build_task, metric_label
 
@@ -79,6 +80,7 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
     results = {
         "algorithm": cfg.meta.algorithm,
         "seed": cfg.seed,
+        "data_note": data_note(cfg),  # e.g. that the hospitals are simulated
         "metrics": list(task.metric_names),  # the first is the primary one
         "rounds_completed": sum(1 for r in history.rounds if r.aggregated),
         "stopped_early": stop_reason,

@@ -19,10 +19,8 @@ from fedmeta.checkpoint import CHECKPOINT, load_checkpoint
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.sources import load_federation
 from fedmeta.errors import FedMetaError
-from fedmeta.models import build_model
 from fedmeta.output_dir import claimed_output_dir
 from fedmeta.privacy.preflight import check_resumed_ledgers, check_run
-from fedmeta.tasks import build_task
 
 __all__ = ["simulate", "resume_simulation"]
 
@@ -114,8 +112,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
     """
     _quiet_flower()
     fed = load_federation(cfg)  # bad data fails here, before Ray starts
-    check_run(cfg, fed)  # so does a run no hospital could train
-    build_model(cfg.model, fed.input_shape, cfg.seed, build_task(cfg.task).n_outputs)  # and a model it cannot build
+    check_run(cfg, fed)  # so does a model it cannot feed and a run no hospital could train
     if resume:  # an incompatible checkpoint, or ledgers that lost what the run recorded, fail here too
         check_resumed_ledgers(load_checkpoint(out_dir, cfg).history.ledgers, out_dir / "ledgers")
     # Imported late: Flower and Ray are heavy and the CLI validates input before paying for them.

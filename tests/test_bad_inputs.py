@@ -93,6 +93,37 @@ def _csv_bytes(beta: bytes) -> Callable[[Path], list[str]]:
     return build
 
 
+IMAGES_TOML = ('[data]\nsource = "images"\ndir = "{tmp}/scans"\n[model]\nkind = "convnet"\nwidth = 4\n'
+               '[meta]\nshots = 3\nquery = 5\n[eval]\nshots = 3\n')
+
+
+def _scans(n: int = 30, size: int = 8, **arrays) -> bytes:
+    """One hospital's npz: ``n`` random 8x8 scans, alternating labels, overridden by ``arrays``."""
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(n)
+    data = {"images": rng.integers(0, 255, (n, size, size), dtype=np.uint8), "labels": np.arange(n) % 2, **arrays}
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v for k, v in data.items() if v is not None})
+    return buf.getvalue()
+
+
+def _images(beta: bytes, *extra: str) -> Callable[[Path], list[str]]:
+    """Three hospitals of scans, ``beta`` being the odd one; ``fedmeta simulate`` on them."""
+    return _with({"img.toml": IMAGES_TOML, "scans/alpha.npz": _scans(), "scans/beta.npz": beta,
+                  "scans/gamma.npz": _scans(40)}, ["simulate", "{tmp}/img.toml", "--out", OUT, *extra])
+
+
+def _nan_scans() -> bytes:
+    import numpy as np
+
+    images = np.random.default_rng(0).random((30, 8, 8))
+    images[4, 2, 3] = np.nan
+    return _scans(images=images)
+
+
 def _certs(*args: str) -> list[str]:
     return ["deploy", "certs", "{tmp}/certs", *args]
 
@@ -270,6 +301,29 @@ CASES: list[tuple[str, Argv, str]] = [
     ("audit-run-not-a-run", _with({"l.sqlite": "", "run/results.json": "{not json"},
                                   ["audit", "{tmp}/l.sqlite", "--run", "{tmp}/run", "--out", OUT]),
      "--run {tmp}/run: not a readable fedmeta run"),
+    # images: one line for each way a hospital's scans can be wrong
+    ("images-wrong-rank", _images(_scans(images=__import__("numpy").zeros((30, 64)))),
+     "{tmp}/scans/beta.npz: images: images of shape (30, 64); expected (N, H, W) or (N, C, H, W)"),
+    ("images-wrong-dtype", _images(_scans(images=__import__("numpy").full((30, 8, 8), "x"))),
+     "{tmp}/scans/beta.npz: images: images of dtype <U1; expected numbers (uint8, int or float)"),
+    ("images-nan-pixel", _images(_nan_scans()), "{tmp}/scans/beta.npz: images: image 4 has NaN or infinite pixels"),
+    ("images-sizes-differ", _images(_scans(size=9)),
+     "{tmp}/scans: the hospitals' images differ in size: alpha (1, 8, 8), beta (1, 9, 9), gamma (1, 8, 8)"),
+    ("images-label-outside", _images(_scans(labels=__import__("numpy").arange(30) % 3)),
+     "{tmp}/scans/beta.npz: labels: label 2: label must be 0 or 1"),
+    ("images-multiclass-label-outside", _images(_scans(labels=__import__("numpy").arange(30) % 3 + 1),
+                                                "--set", "task.kind='multiclass'", "--set", "task.classes=3"),
+     "{tmp}/scans/beta.npz: labels: label 3:"),
+    ("images-labels-count", _images(_scans(labels=__import__("numpy").zeros(29, dtype=int))),
+     "{tmp}/scans/beta.npz: labels: labels of shape (29,); expected (30,) or (30, 1), one per image"),
+    ("images-no-labels", _images(_scans(labels=None)), "{tmp}/scans/beta.npz: no 'labels' array (it has images)"),
+    ("images-not-npz", _images(b"not a zip"), "{tmp}/scans/beta.npz: not a readable .npz file of plain arrays"),
+    ("images-class-missing-for-shots", _images(_scans(labels=(__import__("numpy").arange(30) < 3).astype(int))),
+     "hospital 'beta': too few examples for the configured shots"),
+    ("images-mlp-model", _images(_scans(), "--set", "model.kind='mlp'"),
+     "model.kind = \"mlp\" takes feature vectors; this data has shape (1, 8, 8)"),
+    ("convnet-on-a-table", _sim("--set", "model.kind='convnet'"),
+     "model.kind = \"convnet\" takes images (channels, height, width); this data has examples of shape (8,)"),
     # argparse's own refusals
     ("no-command", [], ARGPARSE),
     ("unknown-command", ["train", CI], ARGPARSE),

@@ -9,6 +9,7 @@ what a site does locally before it joins a federation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,8 @@ __all__ = ["RawSite", "Hospital", "Federation", "preprocess_site"]
 
 @dataclass(frozen=True)
 class RawSite:
-    """One hospital's table as read: features (NaN = missing) and the task's labels."""
+    """One hospital's data as read: a table ``(n, features)`` (NaN = missing) or images ``(n, C, H, W)``,
+    and the task's labels."""
 
     name: str
     x: np.ndarray
@@ -95,6 +97,32 @@ def _stratified(site: RawSite, rows: np.ndarray, strata: np.ndarray, fraction: f
     return kept, off
 
 
+def _tabular(x_train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Median imputation and standardisation per feature, fitted on the train split."""
+    imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(x_train)
+    scaler = StandardScaler().fit(imputer.transform(x_train))
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        # A feature missing in the whole train split becomes constant 0 after imputation + scaling.
+        out = scaler.transform(imputer.transform(x)) if len(x) else np.zeros((0, x_train.shape[1]))
+        return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+    return transform
+
+
+def _images(x_train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Intensity normalisation per channel (mean and std of the train split's pixels): a scanner's
+    gain and offset are the site's own and are removed with its own statistics."""
+    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
+    std = x_train.std(axis=(0, 2, 3), keepdims=True)
+    std = np.where(std > 0, std, 1.0)
+    return lambda x: ((x - mean) / std).astype(np.float32)
+
+
+# Examples' rank -> the normalisation fitted on a site's train split: (n, features) or (n, C, H, W).
+NORMALISERS: dict[int, Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {2: _tabular, 4: _images}
+
+
 def validation_state(seed: int, draw: int) -> int:
     """The random state of validation draw ``draw``: draw 0 is the split every run uses; tuning
     repeats a trial on further draws (``tune.validation_draws``) to average out a small split."""
@@ -104,7 +132,7 @@ def validation_state(seed: int, draw: int) -> int:
 def preprocess_site(site: RawSite, test_fraction: float, seed: int, validation_fraction: float = 0.0,
                     validation_draw: int = 0, *, task: Task) -> Hospital:
     """Train/test split (drawn, stratified by the task's strata, unless the source defines it) and
-    train/validation split, then median imputation and standardisation fitted on what remains for
+    train/validation split, then the normalisation (``NORMALISERS``) fitted on what remains for
     training. The test split depends on the seed only."""
     strata = task.strata(site.y)
     classes, counts = np.unique(strata, return_counts=True)
@@ -127,23 +155,13 @@ def preprocess_site(site: RawSite, test_fraction: float, seed: int, validation_f
     if validation_fraction > 0:
         train, val = _stratified(site, train, strata[train], validation_fraction,
                                  validation_state(seed, validation_draw), "validation split")
-    x_tr, x_va, x_te = site.x[train], site.x[val], site.x[test]
-    y_tr, y_va, y_te = site.y[train], site.y[val], site.y[test]
-    imputer = SimpleImputer(strategy="median", keep_empty_features=True)
-    scaler = StandardScaler()
-    x_tr = scaler.fit_transform(imputer.fit_transform(x_tr))
-
-    def transform(x: np.ndarray) -> np.ndarray:
-        # A feature missing in the whole train split becomes constant 0 after imputation + scaling.
-        out = scaler.transform(imputer.transform(x)) if len(x) else np.zeros((0, x_tr.shape[1]))
-        return np.nan_to_num(out, nan=0.0).astype(np.float32)
-
+    transform = NORMALISERS[site.x.ndim](site.x[train])
     return Hospital(
         name=site.name,
-        x_train=np.nan_to_num(x_tr, nan=0.0).astype(np.float32),
-        y_train=y_tr.astype(np.float32),
-        x_test=transform(x_te),
-        y_test=y_te.astype(np.float32),
-        x_val=transform(x_va),
-        y_val=y_va.astype(np.float32),
+        x_train=transform(site.x[train]),
+        y_train=site.y[train].astype(np.float32),
+        x_test=transform(site.x[test]),
+        y_test=site.y[test].astype(np.float32),
+        x_val=transform(site.x[val]),
+        y_val=site.y[val].astype(np.float32),
     )

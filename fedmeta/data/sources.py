@@ -10,22 +10,25 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedmeta.config import DataConfig, ExperimentConfig
+from fedmeta.config import ExperimentConfig
 from fedmeta.data.csv_source import load_csv_site, load_csv_sites
 from fedmeta.data.hospital import Federation, Hospital, RawSite, preprocess_site
+from fedmeta.data.images import load_image_site, load_image_sites
+from fedmeta.data.medmnist import SIMULATED_NOTE, load_medmnist_sites
 from fedmeta.data.synthetic import generate_synthetic
-from fedmeta.data.tcga_brca import TCGA_REGIONS, load_tcga_brca_sites
+from fedmeta.data.synthetic_images import generate_synthetic_images
+from fedmeta.data.tcga_brca import load_tcga_brca_sites
 from fedmeta.data.uci_heart import UCI_SITES, load_uci_heart_site, load_uci_heart_sites
 from fedmeta.errors import FedMetaError
 from fedmeta.tasks import build_task
 
-__all__ = ["SOURCES", "load_federation", "load_hospital", "OwnHospital", "training_hospitals"]
+__all__ = ["SOURCES", "SOURCE_NOTES", "data_note", "load_federation", "load_hospital", "OwnHospital", "training_hospitals"]
 
 
 def _binary_only(cfg: ExperimentConfig) -> None:
     if cfg.task.kind != "binary":
-        raise FedMetaError(f"task.kind: the synthetic source generates a binary label; a {cfg.task.kind} task "
-                           "needs data that has its labels (data.source = \"csv\" or \"uci-heart\")")
+        raise FedMetaError(f"task.kind: the {cfg.data.source} source generates a binary label; a {cfg.task.kind} "
+                           "task needs data that has its labels (data.source = \"csv\", \"uci-heart\" or \"images\")")
 
 
 def _synthetic(cfg: ExperimentConfig) -> tuple[list[RawSite], list[str]]:
@@ -34,12 +37,29 @@ def _synthetic(cfg: ExperimentConfig) -> tuple[list[RawSite], list[str]]:
     return sites, [f"x{i}" for i in range(cfg.data.synthetic.features)]
 
 
+def _synthetic_images(cfg: ExperimentConfig) -> tuple[list[RawSite], list[str]]:
+    _binary_only(cfg)
+    return generate_synthetic_images(cfg.data.synthetic_images, cfg.seed), []
+
+
+# data.source -> every hospital's raw data and its feature names (none for images).
 SOURCES: dict[str, Callable[[ExperimentConfig], tuple[list[RawSite], list[str]]]] = {
     "synthetic": _synthetic,
+    "synthetic-images": _synthetic_images,
     "csv": lambda cfg: load_csv_sites(cfg.data, build_task(cfg.task)),
     "uci-heart": lambda cfg: load_uci_heart_sites(cfg.data, build_task(cfg.task)),
     "tcga-brca": lambda cfg: load_tcga_brca_sites(cfg.data, build_task(cfg.task)),
+    "images": lambda cfg: load_image_sites(cfg.data, build_task(cfg.task)),
+    "medmnist": lambda cfg: load_medmnist_sites(cfg.data, build_task(cfg.task), cfg.seed),
 }
+# What every output of a run on these sources must say about its hospitals.
+SOURCE_NOTES: dict[str, str] = {"medmnist": SIMULATED_NOTE,
+                                "synthetic": "the hospitals are synthetic (fedmeta.data.synthetic)",
+                                "synthetic-images": "the hospitals are synthetic (fedmeta.data.synthetic_images)"}
+
+
+def data_note(cfg: ExperimentConfig) -> str:
+    return SOURCE_NOTES.get(cfg.data.source, "")
 
 
 def _check_hospital(h: Hospital, cfg: ExperimentConfig) -> None:
@@ -110,30 +130,46 @@ class OwnHospital(NamedTuple):
     index: int
 
 
-def _synthetic_site(cfg: DataConfig, seed: int, hospital: str, partition_id: int | None) -> tuple[RawSite, int]:
-    sites = generate_synthetic(cfg.synthetic, seed)
+def _generated_site(cfg: ExperimentConfig, hospital: str, partition_id: int | None) -> tuple[RawSite, int]:
+    """A generated site by name, or by ``partition_id`` under the name the node was given."""
+    sites, _ = SOURCES[cfg.data.source](cfg)
     for i, site in enumerate(sites):
         if site.name == hospital:
             return site, i
     if partition_id is None:
-        raise FedMetaError(f"node config hospital: unknown hospital {hospital!r} of the synthetic source "
+        raise FedMetaError(f"node config hospital: unknown hospital {hospital!r} of the {cfg.data.source} source "
                            f"(its hospitals: {', '.join(s.name for s in sites)}; or also give partition-id)")
     if not 0 <= partition_id < len(sites):
         raise FedMetaError(f"node config partition-id: {partition_id} is out of range "
-                           f"(data.synthetic.hospitals = {len(sites)})")
+                           f"(the {cfg.data.source} source generates {len(sites)} hospitals)")
     site = sites[partition_id]
     return RawSite(name=hospital, x=site.x, y=site.y, origin=f"{site.origin} (site {partition_id})"), partition_id
 
 
-def _tcga_site(cfg: ExperimentConfig, hospital: str, root: Path) -> tuple[RawSite, list[str], int]:
-    """A node's region of Fed-TCGA-BRCA (FLamby's files hold every region: it keeps its own)."""
-    if hospital not in TCGA_REGIONS:
-        raise FedMetaError(f"node config hospital: unknown Fed-TCGA-BRCA region {hospital!r} "
-                           f"(expected one of {', '.join(TCGA_REGIONS)})")
-    data = cfg.data.model_copy(update={"dir": str(root)})
-    sites, features = load_tcga_brca_sites(data, build_task(cfg.task))
-    index = TCGA_REGIONS.index(hospital)
-    return sites[index], features, index
+def _from_shared_files(cfg: ExperimentConfig, hospital: str, root: Path) -> tuple[RawSite, int]:
+    """A node's site from files that hold every site (FLamby's TCGA-BRCA, one MedMNIST file): it keeps its own."""
+    sites, _ = SOURCES[cfg.data.source](cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(root)})}))
+    names = [s.name for s in sites]
+    if hospital not in names:
+        raise FedMetaError(f"node config hospital: unknown hospital {hospital!r} of the {cfg.data.source} source "
+                           f"(expected one of {', '.join(names)})")
+    return sites[names.index(hospital)], names.index(hospital)
+
+
+def _stable_index(hospital: str) -> int:
+    return zlib.crc32(hospital.encode()) % 2**31
+
+
+# data.source -> a deployed node's own hospital from its data directory, and the index seeding its randomness.
+NODE_SOURCES: dict[str, Callable[[ExperimentConfig, str, Path], tuple[RawSite, int]]] = {
+    "csv": lambda cfg, h, root: (load_csv_site(cfg.data, build_task(cfg.task), h, root)[0], _stable_index(h)),
+    "uci-heart": lambda cfg, h, root: (load_uci_heart_site(h, root, build_task(cfg.task))[0],
+                                       list(UCI_SITES).index(h)),
+    "images": lambda cfg, h, root: (load_image_site(build_task(cfg.task), h, root)[0], _stable_index(h)),
+    "tcga-brca": _from_shared_files,
+    "medmnist": _from_shared_files,
+}
+GENERATED = ("synthetic", "synthetic-images")  # no data directory: the node generates its site
 
 
 @lru_cache(maxsize=8)
@@ -141,9 +177,8 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
     from fedmeta.config import config_from_json
 
     cfg = config_from_json(cfg_json)
-    if cfg.data.source == "synthetic":
-        _binary_only(cfg)
-        raw, index = _synthetic_site(cfg.data, cfg.seed, hospital, partition_id)
+    if cfg.data.source in GENERATED:
+        raw, index = _generated_site(cfg, hospital, partition_id)
     else:
         root = Path(data_dir or cfg.data.dir)
         if not (data_dir or cfg.data.dir):
@@ -151,14 +186,7 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
                                "data directory (node config data-dir=DIR)")
         if not root.is_dir():
             raise FedMetaError(f"node config data-dir: {root}: directory not found")
-        if cfg.data.source == "csv":
-            raw, features = load_csv_site(cfg.data, build_task(cfg.task), hospital, root)
-            index = zlib.crc32(hospital.encode()) % 2**31
-        elif cfg.data.source == "tcga-brca":
-            raw, features, index = _tcga_site(cfg, hospital, root)
-        else:
-            raw, features = load_uci_heart_site(hospital, root, build_task(cfg.task))
-            index = list(UCI_SITES).index(hospital)
+        raw, index = NODE_SOURCES[cfg.data.source](cfg, hospital, root)
         index = index if partition_id is None else partition_id
     site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction,
                            cfg.data.validation_draw, task=build_task(cfg.task))
