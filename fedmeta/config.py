@@ -189,6 +189,8 @@ class MetaConfig(_Section):
     meta_batch: int = Field(8, ge=1, description="episodes per outer step")
     outer_steps: int = Field(5, ge=1, description="local outer steps per round")
     outer_lr: float = Field(0.5, gt=0, description="local outer learning rate")
+    episode_chunk: int = Field(0, ge=0, description="episodes differentiated together (memory: a conv net's "
+                               "second-order graph is large); 0 = automatic")
 
 
 class FederationConfig(_Section):

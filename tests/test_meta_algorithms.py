@@ -214,3 +214,29 @@ def test_padded_episodes_with_zero_weights_equal_the_unpadded_ones(name):
     masked, _ = algo.episode_gradients(model, params, padded, INNER)
     for k in params:
         torch.testing.assert_close(masked[k], plain[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_episodes_taken_in_chunks_give_the_same_per_episode_gradients(name, monkeypatch):
+    """Chunking is for memory only: per-episode gradients and losses equal the all-at-once ones,
+    with padding weights sliced alike; the automatic chunk shrinks as the graph grows."""
+    from dataclasses import replace
+
+    from fedmeta.meta import chunking
+
+    model, batch = _model([6]), _batch(m=5, s=4, q=6)
+    batch = replace(batch, w_support=torch.ones(5, 4, dtype=torch.float64).index_fill(1, torch.tensor([3]), 0.0),
+                    w_query=torch.ones(5, 6, dtype=torch.float64), support_normaliser=3.0, query_normaliser=6.0)
+    params, algo = params_of(model), ALGORITHMS[name]
+    whole, whole_loss = algo.episode_gradients(model, params, batch, InnerLoop(3, 0.3, BinaryTask(), chunk=5))
+    for chunk in (1, 2, 3):
+        parts, loss = algo.episode_gradients(model, params, batch, InnerLoop(3, 0.3, BinaryTask(), chunk=chunk))
+        torch.testing.assert_close(loss, whole_loss, rtol=1e-12, atol=1e-14)
+        for k in params:
+            torch.testing.assert_close(parts[k], whole[k], rtol=1e-10, atol=1e-12)
+    per_episode = chunking.episode_graph_bytes(model, batch, steps=3)
+    assert chunking.chunk_size(model, batch, 3, configured=0) == 5  # a small MLP: everything at once
+    monkeypatch.setattr(chunking, "AUTO_BUDGET_BYTES", 2 * per_episode)
+    assert chunking.chunk_size(model, batch, 3, configured=0) == 2
+    monkeypatch.setattr(chunking, "AUTO_BUDGET_BYTES", per_episode // 10)
+    assert chunking.chunk_size(model, batch, 3, configured=0) == 1

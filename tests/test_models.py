@@ -81,7 +81,7 @@ def test_a_factory_that_cannot_be_used_is_one_line(user_module, capsys, factory,
 
 def test_an_unknown_model_kind_is_one_line(capsys):
     assert main(["simulate", CI, "--set", "model.kind=\"transformer\""]) == 2
-    assert "model.kind: unknown model (expected one of mlp, or set model.factory)" in capsys.readouterr().err
+    assert "model.kind: unknown model (expected one of mlp, convnet, resnet, or set model.factory)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind,shape,outputs", [("convnet", (1, 9, 9), 1), ("resnet", (2, 6, 5), 3)])

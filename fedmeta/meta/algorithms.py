@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fedmeta.data.episodes import EpisodeBatch
+from fedmeta.meta.chunking import chunk_size, chunks
 from fedmeta.meta.functional import Params, adapt, episode_losses, per_episode_copies
 from fedmeta.tasks import Task
 from fedmeta.tuning.space import FEDERATED_SPACE, SearchSpace
@@ -32,11 +33,13 @@ __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
 
 @dataclass(frozen=True)
 class InnerLoop:
-    """``steps`` SGD steps of size ``lr`` on the task's loss (which the outer loss is as well)."""
+    """``steps`` SGD steps of size ``lr`` on the task's loss (which the outer loss is as well);
+    ``chunk`` episodes are differentiated together (0: automatic, ``fedmeta.meta.chunking``)."""
 
     steps: int
     lr: float
     task: Task
+    chunk: int = 0
 
 
 class MetaAlgorithm(ABC):
@@ -45,11 +48,22 @@ class MetaAlgorithm(ABC):
     name: str
     search_space: SearchSpace = FEDERATED_SPACE  # what ``fedmeta tune`` may change
 
-    @abstractmethod
     def episode_gradients(
         self, model: nn.Module, params: Params, batch: EpisodeBatch, inner: InnerLoop
     ) -> tuple[Params, torch.Tensor]:
-        """Per-episode meta-gradients ``{name: (m, *shape)}`` and training losses ``(m,)``."""
+        """Per-episode meta-gradients ``{name: (m, *shape)}`` and training losses ``(m,)``, the
+        episodes taken in chunks that fit in memory."""
+        size = chunk_size(model, batch, inner.steps, inner.chunk)
+        if size >= batch.size:
+            return self._episode_gradients(model, params, batch, inner)
+        parts = [self._episode_gradients(model, params, part, inner) for part in chunks(batch, size)]
+        return {k: torch.cat([g[k] for g, _ in parts]) for k in params}, torch.cat([loss for _, loss in parts])
+
+    @abstractmethod
+    def _episode_gradients(
+        self, model: nn.Module, params: Params, batch: EpisodeBatch, inner: InnerLoop
+    ) -> tuple[Params, torch.Tensor]:
+        """``episode_gradients`` for a batch that is differentiated at once."""
 
     def meta_gradient(
         self, model: nn.Module, params: Params, batch: EpisodeBatch, inner: InnerLoop
@@ -62,7 +76,7 @@ class MetaAlgorithm(ABC):
 class SecondOrderMAML(MetaAlgorithm):
     name = "maml"
 
-    def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
+    def _episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)
             fast = adapt(model, theta, batch.x_support, batch.y_support, inner.task,
@@ -75,7 +89,7 @@ class SecondOrderMAML(MetaAlgorithm):
 class FirstOrderMAML(MetaAlgorithm):
     name = "fomaml"
 
-    def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
+    def _episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)
             fast = adapt(model, theta, batch.x_support, batch.y_support, inner.task,
@@ -88,7 +102,7 @@ class FirstOrderMAML(MetaAlgorithm):
 class Reptile(MetaAlgorithm):
     name = "reptile"
 
-    def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
+    def _episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
         x, y, w = batch.joined()
         theta = per_episode_copies(params, batch.size)
         fast = adapt(model, theta, x, y, inner.task, steps=inner.steps, lr=inner.lr, create_graph=False, **w)
@@ -101,7 +115,7 @@ class Reptile(MetaAlgorithm):
 class FedAvgSGD(MetaAlgorithm):
     name = "fedavg"
 
-    def episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
+    def _episode_gradients(self, model, params, batch, inner):  # type: ignore[override]
         x, y, w = batch.joined()
         with torch.enable_grad():
             theta = per_episode_copies(params, batch.size)

@@ -35,7 +35,7 @@ def meta_train_locally(
     """Outer steps on the sampler's episodes, with its task's loss. ``episode_hook`` may alter the
     per-episode gradients of each step (audit canaries only)."""
     algorithm = get_algorithm(cfg.algorithm)
-    inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr, task=sampler.task)
+    inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr, task=sampler.task, chunk=cfg.episode_chunk)
     params = {k: v.detach().clone() for k, v in global_params.items()}
     losses = []
     for _ in range(cfg.outer_steps):

@@ -48,7 +48,7 @@ def _per_episode_clipping(model, global_params, hospital, cfg, plan, *, task, rn
                           device, noise_scale, canaries) -> LocalResult:
     release = plan.release(EPISODE_CLIPPING)
     algorithm = get_algorithm(cfg.algorithm)
-    inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr, task=task)
+    inner = InnerLoop(steps=cfg.inner_steps, lr=cfg.inner_lr, task=task, chunk=cfg.episode_chunk)
     sampler = PoissonEpisodeSampler(hospital.x_train, hospital.y_train, sample_rate=release.sample_rate,
                                     episodes=cfg.meta_batch, support_fraction=plan.support_fraction, device=device)
     dp = RecordLevelDPStep(global_params, sigma=plan.sigma, max_grad_norm=plan.max_grad_norm,
