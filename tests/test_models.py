@@ -31,6 +31,22 @@ def tiny(input_shape, n_outputs, seed):
     return Tiny(input_shape[0], n_outputs)
 
 
+class Scaled(nn.Module):
+    """A buffer (not a parameter): fixed at construction, saved with the model, never trained or sent."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.a = nn.Linear(d, 1)
+        self.register_buffer("scale", torch.full((d,), 0.5))
+
+    def forward(self, x):
+        return self.a(x * self.scale).squeeze(-1)
+
+
+def with_buffer(input_shape, n_outputs, seed):
+    return Scaled(input_shape[0])
+
+
 def text(input_shape, n_outputs, seed):
     return "a model"
 
@@ -115,3 +131,31 @@ def test_image_models_refuse_a_table_in_one_line(kind):
     with pytest.raises(FedMetaError, match=rf"^model.kind = \"{kind}\" takes images \(channels, height, width\); "
                        r"this data has examples of shape \(13,\)"):
         build_model(ModelConfig(kind=kind), (13,), seed=0)
+
+
+def test_a_model_with_buffers_saves_its_buffers_and_resumes(user_module):
+    """The ServerApp against the real ClientApps in this process (no Ray): killed after round 1 and
+    resumed, it ends with the uninterrupted run's parameters, and its model.pt holds the buffer."""
+    import torch
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmeta.flower.server import SimulatedCrash, build_server_app
+    from in_process_grid import InProcessGrid
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    nodes = [{"partition-id": i, "num-partitions": 5, "privacy-mode": "none"} for i in range(5)]
+    config = {"config-file": CI, "overrides": "federation.rounds=2 model.factory='hospital_models:with_buffer'"}
+
+    def run(run_config: dict, first_id: int, **kwargs) -> None:
+        server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+        build_server_app(progress=False, expected_nodes=5, **kwargs)(InProcessGrid(nodes, run_config, first_id), server)
+
+    whole, cut = user_module / "whole", user_module / "cut"
+    run({**config, "out-dir": str(whole)}, first_id=100)
+    with pytest.raises(SimulatedCrash):
+        run({**config, "out-dir": str(cut)}, first_id=200, _stop_after_round=1)
+    run({**config, "resume-from": str(cut)}, first_id=300)
+    a, b = torch.load(whole / "model.pt"), torch.load(cut / "model.pt")
+    assert set(a) == {"a.weight", "a.bias", "scale"} and torch.equal(a["scale"], torch.full((8,), 0.5))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed run ends where the whole one did

@@ -143,7 +143,11 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     if strategy.audit_trace:
         torch.save(strategy.audit_trace, out_dir / "audit_trace.pt")
     strategy.history.kept_round, kept = strategy.selection.kept(strategy.optimizer.current())
-    model.load_state_dict(kept)
+    # Buffers are part of the model's definition (built alike on every node from the seed), never
+    # trained or sent: the kept parameters replace the parameters, and only those.
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    if unexpected or set(missing) - {name for name, _ in model.named_buffers()}:
+        raise RuntimeError(f"the kept model does not fit the architecture: missing {missing}, unexpected {unexpected}")
     write_run_outputs(
         out_dir, cfg=cfg, history=strategy.history, model=model,
         timings={"setup_s": t_setup, "total_s": time.perf_counter() - t0},
