@@ -152,7 +152,7 @@ class ModelConfig(_Section):
 
     kind: str = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64, 64], description="mlp: hidden layer sizes")
-    width: int = Field(32, ge=1, description="convnet: channels of each block; resnet: of the first stage")
+    width: int = Field(32, ge=2, description="convnet: channels of each block; resnet: of the first stage")
     blocks: int = Field(2, ge=1, description="resnet: basic blocks per stage")
     factory: str = Field("", description="\"package.module:function\" called as function(input_shape, n_outputs, "
                          "seed); setting it selects it")

@@ -27,10 +27,14 @@ from fedmeta.tasks import BinaryTask
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 
 
-def _model_and_data(n: int = 30, d: int = 3):
+def _model_and_data(n: int = 30, d: int = 3, kind: str = "mlp"):
+    """An MLP on ``d`` features, or (``convnet``) a small conv net on 1x6x6 images."""
+    from fedmeta.config import ModelConfig
+
     torch.manual_seed(0)
-    model = MLP(d, [4]).double()
-    x = torch.randn(n, d, dtype=torch.float64) * 4
+    shape = (d,) if kind == "mlp" else (1, 6, 6)
+    model = (MLP(d, [4]) if kind == "mlp" else build_model(ModelConfig(kind=kind, width=2), shape, seed=0)).double()
+    x = torch.randn(n, *shape, dtype=torch.float64) * 4
     y = (torch.rand(n, dtype=torch.float64) < 0.5).double()
     return model, x, y
 
@@ -41,9 +45,11 @@ def _episode_params(model: nn.Module, m: int) -> dict[str, torch.Tensor]:
             for k, v in model.named_parameters()}
 
 
-def test_each_record_is_clipped_and_summed_into_its_own_episode():
-    """q = 1 and no noise: the release equals a python loop over episodes and records."""
-    model, x, y = _model_and_data()
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+def test_each_record_is_clipped_and_summed_into_its_own_episode(kind):
+    """q = 1 and no noise: the release equals a python loop over episodes and records (per-record
+    gradients through linear and through conv, GroupNorm and pooling layers alike)."""
+    model, x, y = _model_and_data(kind=kind)
     m, c = 3, 0.05
     params = _episode_params(model, m)
     release = PerRecordRelease(model, x, y, task=BinaryTask(), shapes={k: v[0] for k, v in params.items()}, episodes=m,

@@ -15,8 +15,12 @@ __all__ = ["ConvNet", "build_convnet", "group_norm", "image_shape"]
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 8 groups that divide ``channels`` (per-example statistics only)."""
-    return nn.GroupNorm(math.gcd(8, channels), channels)
+    """GroupNorm with up to 8 groups that divide ``channels`` (per-example statistics only), each of
+    at least 2 channels: a group of one channel on a 1x1 map would normalise every value to 0."""
+    groups = math.gcd(8, channels)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
 
 
 def image_shape(input_shape: tuple[int, ...], kind: str) -> tuple[int, int, int]:
