@@ -108,3 +108,24 @@ def test_an_imaging_federation_runs_end_to_end_in_a_flower_simulation(tmp_path, 
     assert results["final"]["hospital-04"]["role"] == "held-out" and len(results["final"]) == 4
     assert results["data_note"].startswith("the hospitals are synthetic")
     assert "note: the hospitals are synthetic" in capsys.readouterr().out
+
+
+def test_deployed_image_nodes_get_their_own_file_only(tmp_path):
+    from fedmeta.deploy.local import plan_nodes
+    from fedmeta.errors import FedMetaError
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "scans"
+    data.mkdir()
+    for name in ("north", "south"):
+        _write(data / f"{name}.npz", images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8), labels=np.arange(40) % 2)
+    cfg = ExperimentConfig.model_validate({"data": {"source": "images", "dir": str(data)},
+                                          "model": {"kind": "convnet", "width": 4},
+                                          "meta": {"shots": 3, "query": 4}, "eval": {"shots": 3}})
+    specs = plan_nodes(cfg, tmp_path / "run")
+    for spec in specs:
+        own = Path(spec.node_config["data-dir"])
+        assert [p.name for p in own.iterdir()] == [f"{spec.hospital}.npz"]
+    simulated = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": "medmnist"})})
+    with pytest.raises(FedMetaError, match="^deploy-local: the medmnist source cannot give each node its own files"):
+        plan_nodes(simulated, tmp_path / "run2")

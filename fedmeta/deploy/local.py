@@ -81,16 +81,19 @@ def plan_nodes(cfg: ExperimentConfig, run_dir: Path, hospitals: list[str] | None
     """One node per hospital. Synthetic: ``hospitals`` name the generated sites in order
     (``partition-id``). csv / uci-heart: each node gets a directory holding its own file only.
     ``node_policy``: privacy policy keys every node's config gets (``fedmeta.privacy.policy``)."""
-    from fedmeta.data.sources import load_federation
+    from fedmeta.data.sources import GENERATED, load_federation
 
+    if cfg.data.source not in (*GENERATED, *OWN_FILES):
+        raise FedMetaError(f"deploy-local: the {cfg.data.source} source cannot give each node its own files "
+                           f"(deploy-local runs {', '.join((*GENERATED, *OWN_FILES))})")
     fed = load_federation(cfg)
     names = [check_hospital_name(h) for h in (hospitals or fed.names)]
     if len(set(names)) != len(names):
         raise FedMetaError(f"--hospitals: duplicate names in {names}")
-    synthetic = cfg.data.source == "synthetic"
+    synthetic = cfg.data.source in GENERATED
     if synthetic and len(names) > len(fed.names):
         raise FedMetaError(f"--hospitals: {len(names)} names, but the config generates {len(fed.names)} "
-                           "synthetic hospitals (data.synthetic.hospitals)")
+                           f"synthetic hospitals (data.{cfg.data.source.replace('-', '_')}.hospitals)")
     if not synthetic:
         unknown = [h for h in names if h not in fed.names]
         if unknown:
@@ -115,17 +118,34 @@ def plan_nodes(cfg: ExperimentConfig, run_dir: Path, hospitals: list[str] | None
     return specs
 
 
-def _own_files(cfg: ExperimentConfig, hospital: str, own: Path) -> None:
-    """``own`` gets this hospital's data and nothing of the others'."""
-    from fedmeta.data.tcga_brca import write_own_region
+def _link(name: Callable[[str], str]) -> Callable[[Path, str, Path], None]:
+    """A source with one file per hospital: the node's directory links to its own file only."""
+    return lambda src, hospital, own: (own / name(hospital)).symlink_to(src / name(hospital))
+
+
+def _uci_file(hospital: str) -> str:
     from fedmeta.data.uci_heart import UCI_SITES
 
-    src = Path(cfg.data.dir)
-    if cfg.data.source == "tcga-brca":  # FLamby's files hold every region: write the node's rows only
-        write_own_region(src, hospital, own)
-        return
-    fname = f"{hospital}.csv" if cfg.data.source == "csv" else UCI_SITES[hospital]
-    (own / fname).symlink_to(src / fname)
+    return UCI_SITES[hospital]
+
+
+def _own_tcga_region(src: Path, hospital: str, own: Path) -> None:
+    from fedmeta.data.tcga_brca import write_own_region
+
+    write_own_region(src, hospital, own)  # FLamby's files hold every region: the node's rows only
+
+
+# data.source -> how a node's directory gets this hospital's data and nothing of the others'.
+OWN_FILES: dict[str, Callable[[Path, str, Path], None]] = {
+    "csv": _link(lambda h: f"{h}.csv"),
+    "uci-heart": _link(_uci_file),
+    "images": _link(lambda h: f"{h}.npz"),
+    "tcga-brca": _own_tcga_region,
+}
+
+
+def _own_files(cfg: ExperimentConfig, hospital: str, own: Path) -> None:
+    OWN_FILES[cfg.data.source](Path(cfg.data.dir), hospital, own)
 
 
 def wait_listening(proc: ManagedProcess, port: int, timeout_s: float = 60.0) -> None:
