@@ -324,6 +324,17 @@ CASES: list[tuple[str, Argv, str]] = [
      "model.kind = \"mlp\" takes feature vectors; this data has shape (1, 8, 8)"),
     ("convnet-on-a-table", _sim("--set", "model.kind='convnet'"),
      "model.kind = \"convnet\" takes images (channels, height, width); this data has examples of shape (8,)"),
+    # survival rows (Fed-TCGA-BRCA's layout)
+    ("survival-negative-time", _with({"t/brca.csv": "pid,age,E,T\np1,50,1,12\np2,61,0,-3\n",
+                                      "t/train_test_split.csv": "pid,fold,fold2\np1,train,train_0\np2,test,test_0\n"},
+                                     ["simulate", str(ROOT / "configs" / "tcga-brca.toml"), "--data-dir", "{tmp}/t",
+                                      "--out", OUT]),
+     "{tmp}/t/brca.csv: line 3, column 'T': survival time must be >= 0, got -3"),
+    ("survival-event-not-binary", _with({"t/brca.csv": "pid,age,E,T\np1,50,2,12\n",
+                                         "t/train_test_split.csv": "pid,fold,fold2\np1,train,train_0\n"},
+                                        ["simulate", str(ROOT / "configs" / "tcga-brca.toml"), "--data-dir",
+                                         "{tmp}/t", "--out", OUT]),
+     "{tmp}/t/brca.csv: line 2, column 'E': event must be 0 or 1, got 2"),
     # argparse's own refusals
     ("no-command", [], ARGPARSE),
     ("unknown-command", ["train", CI], ARGPARSE),
