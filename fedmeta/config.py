@@ -11,13 +11,19 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from fedmeta.config_base import Section as _Section
+from fedmeta.config_base import registered as _registered
+from fedmeta.data_config import DataConfig, MedMNISTConfig, SyntheticConfig, SyntheticImagesConfig
 from fedmeta.errors import FedMetaError
+from fedmeta.privacy_config import HospitalPrivacyConfig, PrivacyConfig
 
 __all__ = [
     "DataConfig",
     "SyntheticConfig",
+    "SyntheticImagesConfig",
+    "MedMNISTConfig",
     "ModelConfig",
     "TaskConfig",
     "MetaConfig",
@@ -36,93 +42,6 @@ __all__ = [
     "with_settings",
     "config_toml",
 ]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
-
-
-class SyntheticConfig(_Section):
-    """Parameters of the synthetic multi-hospital generator (see ``fedmeta.data.synthetic``)."""
-
-    hospitals: int = Field(8, ge=2)
-    features: int = Field(16, ge=2)
-    min_patients: int = Field(80, ge=10)
-    max_patients: int = Field(2000, ge=10)
-    covariate_shift: float = Field(1.0, ge=0)
-    concept_shift: float = Field(1.0, ge=0)
-    prevalence_min: float = Field(0.2, gt=0, lt=1)
-    prevalence_max: float = Field(0.6, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "SyntheticConfig":
-        if self.max_patients < self.min_patients:
-            raise ValueError("max_patients must be >= min_patients")
-        if self.prevalence_max < self.prevalence_min:
-            raise ValueError("prevalence_max must be >= prevalence_min")
-        return self
-
-
-class SyntheticImagesConfig(_Section):
-    """The synthetic imaging federation (see ``fedmeta.data.synthetic_images``)."""
-
-    hospitals: int = Field(6, ge=2)
-    size: int = Field(16, ge=4, description="scans are size x size pixels, one channel")
-    min_images: int = Field(60, ge=10)
-    max_images: int = Field(300, ge=10)
-    acquisition_shift: float = Field(1.0, ge=0, description="how far each site's scanner is from a perfect one")
-    concept_shift: float = Field(1.0, ge=0, description="how far each site's label rule turns from the global one")
-    prevalence_min: float = Field(0.3, gt=0, lt=1)
-    prevalence_max: float = Field(0.6, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "SyntheticImagesConfig":
-        if self.max_images < self.min_images:
-            raise ValueError("max_images must be >= min_images")
-        if self.prevalence_max < self.prevalence_min:
-            raise ValueError("prevalence_max must be >= prevalence_min")
-        return self
-
-
-class MedMNISTConfig(_Section):
-    """How one MedMNIST file is partitioned into simulated hospitals (see ``fedmeta.data.medmnist``)."""
-
-    file: str = Field("", description="the .npz in data.dir (default: the only one there)")
-    hospitals: int = Field(4, ge=2)
-    acquisition_shift: float = Field(1.0, ge=0, description="0: every site sees the images as MedMNIST ships them")
-    label_shift: float = Field(0.5, ge=0, le=1, description="0: every site has the file's class proportions")
-    quantity_skew: float = Field(0.5, ge=0, lt=1, description="0: every site gets as many images")
-
-
-class DataConfig(_Section):
-    """Where the hospitals come from and how each one is split."""
-
-    source: str = "synthetic"
-    dir: str = ""
-    label: str = "label"
-    test_fraction: float = Field(0.3, gt=0, lt=1)
-    validation_fraction: float = Field(0.0, ge=0, lt=1, description="part of each hospital's train split kept "
-                                       "for model selection (per site, stratified); 0 = none")
-    validation_draw: int = Field(0, ge=0, description="which validation split: 0 is the one every run uses; "
-                                 "tuning averages draws 0..tune.validation_draws-1")
-    held_out: list[str] = Field(default_factory=list)
-    leave_one_out: bool = False
-    excluded: list[str] = Field(default_factory=list, description="hospitals left out of the run entirely (tuning "
-                                "for unseen hospitals leaves out the ones it will be evaluated on)")
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
-    synthetic_images: SyntheticImagesConfig = Field(default_factory=SyntheticImagesConfig)
-    medmnist: MedMNISTConfig = Field(default_factory=MedMNISTConfig)
-
-
-def _registered(kind: str, module: str, registry: str, what: str, hint: str = "") -> str:
-    """``kind`` if the registry ``module.registry`` holds it (imported late: the registries import
-    torch, and a config is checked before anything heavy)."""
-    import importlib
-
-    names = getattr(importlib.import_module(module), registry)
-    if kind not in names:
-        raise ValueError(f"unknown {what} (expected one of {', '.join(names)}{hint})")
-    return kind
 
 
 class TaskConfig(_Section):
@@ -250,60 +169,6 @@ class LocalConfig(_Section):
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (Adam's weight_decay)")
-
-
-# Below MIN_SIGMA epsilon is in the hundreds and Opacus' PRV accountant runs out of memory; past
-# MAX_SIGMA its arithmetic overflows. Neither is a privacy setting anyone means.
-MIN_SIGMA, MAX_SIGMA, MAX_TARGET_EPSILON = 0.3, 1e4, 100.0
-
-
-class HospitalPrivacyConfig(_Section):
-    """One hospital's own privacy policy in a simulation (a deployed hospital sets the same in its
-    node config: docs/privacy.md). The hospital trains the stricter of its policy and the run."""
-
-    mode: Literal["record", "client", "none"] | None = Field(
-        None, description="the privacy the hospital requires (a run in another mode is refused); "
-        "none: it also accepts non-private runs; unset: whatever the run asks")
-    max_epsilon: float = Field(float("inf"), gt=0, description="its cap over all runs in its ledger")
-    delta: float | None = Field(None, gt=0, lt=1, description="the largest delta it accepts")
-    accountant: Literal["prv", "rdp"] | None = Field(None, description="its accountant (unset: the run's)")
-    min_noise_multiplier: float = Field(0.0, ge=0, le=MAX_SIGMA, description="the least sigma it accepts")
-
-
-class PrivacyConfig(_Section):
-    """Differential privacy of what a hospital sends (see docs/privacy.md).
-
-    ``record``: the unit is one patient record (per-episode clipping of meta-gradients, Poisson
-    sampling of records, Gaussian noise by Opacus' DPOptimizer). ``client``: the unit is a hospital
-    (its meta-update clipped to ``max_grad_norm`` and noised). Give either ``noise_multiplier`` or
-    ``target_epsilon`` (calibrated with Opacus for the planned rounds). ``hospitals`` holds each
-    hospital's own policy (names must exist in the data).
-    """
-
-    mode: Literal["none", "record", "client"] = "none"
-    noise_multiplier: float = Field(0.0, ge=0, description="sigma; 0 = calibrate from target_epsilon; else "
-                                    f"{MIN_SIGMA:g} to {MAX_SIGMA:g}")
-    target_epsilon: float = Field(0.0, ge=0, le=MAX_TARGET_EPSILON, description="epsilon after all planned rounds")
-    delta: float = Field(0.0, ge=0, lt=1, description="0 = min(1e-5, 0.1 / n_train) (record mode), 1e-5 (client); "
-                         "at most 1 / n_train (record) or 1 / hospitals (client)")
-    max_grad_norm: float = Field(1.0, gt=0, description="clipping norm C")
-    sample_rate: float = Field(0.0, ge=0, le=1, description="record sampling rate q; 0 = expected "
-                               "meta-batch size / n_train")
-    accountant: Literal["prv", "rdp"] = "prv"
-    max_epsilon: float = Field(float("inf"), gt=0, description="default per-hospital cap")
-    hospitals: dict[str, HospitalPrivacyConfig] = Field(default_factory=dict,
-                                                        description="per-hospital policies (simulation)")
-    secure_mode: bool = Field(False, description="Opacus secure noise, sampling and noise from OS entropy (not "
-                              "reproducible from the seed); a deployed node always uses them")
-
-    @model_validator(mode="after")
-    def _noise_or_target(self) -> "PrivacyConfig":
-        if self.mode != "none" and (self.noise_multiplier > 0) == (self.target_epsilon > 0):
-            raise ValueError("set exactly one of noise_multiplier and target_epsilon (> 0)")
-        if self.noise_multiplier and not MIN_SIGMA <= self.noise_multiplier <= MAX_SIGMA:
-            raise ValueError(f"noise_multiplier must be 0 or between {MIN_SIGMA:g} and {MAX_SIGMA:g} "
-                             f"(got {self.noise_multiplier:g})")
-        return self
 
 
 class AuditConfig(_Section):
