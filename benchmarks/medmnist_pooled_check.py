@@ -34,10 +34,12 @@ MEDMNIST_RESNET18_AUC = 0.901
 def _auc(model, params, fed, split: str) -> float:
     task = build_task(load_config(ROOT / "configs" / "breastmnist.toml").task)
     ys, ps = [], []
+    device = next(iter(params.values())).device
     for h in fed.hospitals:
         x, y = h.split(split)
         with torch.no_grad():
-            ps.append(task.predictions(torch.func.functional_call(model, params, (torch.as_tensor(x),))))
+            outputs = torch.func.functional_call(model, params, (torch.as_tensor(x, device=device),))
+        ps.append(task.predictions(outputs))
         ys.append(y)
     return float(roc_auc_score(np.concatenate(ys), np.concatenate(ps)))
 

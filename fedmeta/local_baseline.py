@@ -18,7 +18,7 @@ from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Federation, Hospital
 from fedmeta.evaluation import Score, mean_score, score_params, scored_splits, scores_row
 from fedmeta.meta.functional import loss_fn, params_of
-from fedmeta.models import build_model
+from fedmeta.models import build_model, pick_device
 from fedmeta.tuning.space import LOCAL_SPACE, SearchSpace
 from fedmeta.tasks import build_task
 
@@ -30,14 +30,16 @@ SEARCH_SPACE: SearchSpace = LOCAL_SPACE  # its rate, steps ("epochs"), weight de
 
 def train_alone(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: ExperimentConfig,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Adam (L2 ``local.weight_decay``) on minibatches of ``(x, y)`` from the seeded initialisation."""
+    """Adam (L2 ``local.weight_decay``) on minibatches of ``(x, y)`` from the seeded initialisation,
+    on the model's device."""
     params = {k: v.requires_grad_(True) for k, v in params_of(model).items()}
+    device = next(iter(params.values())).device
     task = build_task(cfg.task)
     opt = torch.optim.Adam(params.values(), lr=cfg.local.lr, weight_decay=cfg.local.weight_decay)
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
     bs = min(cfg.local.batch_size, len(y))
     for _ in range(cfg.local.steps):
-        idx = torch.as_tensor(rng.choice(len(y), size=bs, replace=False))
+        idx = torch.as_tensor(rng.choice(len(y), size=bs, replace=False), device=device)
         opt.zero_grad()
         loss_fn(model, params, xt[idx], yt[idx], task).backward()
         opt.step()
@@ -51,15 +53,16 @@ def _score_held_out(model: nn.Module, h: Hospital, cfg: ExperimentConfig) -> dic
     for _ in range(cfg.eval.draws):
         idx = sample_k_shot(h.y_train, cfg.eval.shots, rng, task)
         draws.append(train_alone(model, h.x_train[idx], h.y_train[idx], cfg, np.random.default_rng([cfg.seed, 3])))
-    cpu = torch.device("cpu")
-    return {s: mean_score([score_params(model, p, h, cpu, task, s) for p in draws]) for s in scored_splits(h, cfg.eval)}
+    device = pick_device()
+    return {s: mean_score([score_params(model, p, h, device, task, s) for p in draws])
+            for s in scored_splits(h, cfg.eval)}
 
 
 def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict[str, float | str]]:
     """Per-hospital test metrics of hospitals that never share anything."""
     task = build_task(cfg.task)
-    model = build_model(cfg.model, fed.input_shape, cfg.seed, task.n_outputs)
-    cpu = torch.device("cpu")
+    device = pick_device()  # the GPU when one is visible, as the federated hospitals do
+    model = build_model(cfg.model, fed.input_shape, cfg.seed, task.n_outputs).to(device)
     held = set(cfg.data.held_out)
     out: dict[str, dict[str, float | str]] = {}
     for i, h in enumerate(fed.hospitals):
@@ -67,6 +70,6 @@ def run_local_baseline(fed: Federation, cfg: ExperimentConfig) -> dict[str, dict
             out[h.name] = scores_row(_score_held_out(model, h, cfg), "held-out", cfg.eval)
         else:
             params = train_alone(model, h.x_train, h.y_train, cfg, np.random.default_rng([cfg.seed, i]))
-            scores = {s: score_params(model, params, h, cpu, task, s) for s in scored_splits(h, cfg.eval)}
+            scores = {s: score_params(model, params, h, device, task, s) for s in scored_splits(h, cfg.eval)}
             out[h.name] = scores_row(scores, "train", cfg.eval)
     return out
