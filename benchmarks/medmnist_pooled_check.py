@@ -8,7 +8,7 @@ the test images, which are exactly MedMNIST's official test split (dealt to the 
 normalised with its own site's train statistics, as every fedmeta run does). No adaptation.
 
     .venv/bin/python benchmarks/medmnist_pooled_check.py --data-dir ../shared/data/medmnist_breastmnist \
-        [--steps 500 1000 2000] [--lr 0.001] [--width 32] [--seed 0]
+        [--steps 100 200 300 500 1000] [--lr 0.001] [--weight-decay 0] [--width 32] [--seed 0]
 """
 
 from __future__ import annotations
@@ -47,16 +47,17 @@ def _auc(model, params, fed, split: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", required=True)
-    ap.add_argument("--steps", type=int, nargs="+", default=[500, 1000, 2000])
+    ap.add_argument("--steps", type=int, nargs="+", default=[100, 200, 300, 500, 1000])
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(2)
     base = [f"seed={args.seed}", "privacy.mode='none'", "model.kind='resnet'", f"model.width={args.width}",
             "data.medmnist.acquisition_shift=0", "data.medmnist.label_shift=0", "data.medmnist.quantity_skew=0",
-            f"local.lr={args.lr}", f"local.batch_size={args.batch_size}"]
+            f"local.lr={args.lr}", f"local.batch_size={args.batch_size}", f"local.weight_decay={args.weight_decay}"]
     scores = {}
     for steps in args.steps:
         cfg = load_config(ROOT / "configs" / "breastmnist.toml", [*base, f"local.steps={steps}"], args.data_dir)
