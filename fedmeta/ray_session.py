@@ -94,10 +94,24 @@ def local_ray_cluster(num_cpus: int | None = None, temp_root: Path | None = None
             raise FedMetaError(f"cannot start a local Ray cluster: {last}")
         yield f"127.0.0.1:{gcs}"
     finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():  # a driver still connected would abort when its cluster stops
+            ray.shutdown()
         stop_cluster(temp_dir, gcs)
         shutil.rmtree(temp_dir, ignore_errors=True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def keep_python_signal_handlers() -> None:
+    """Before this process connects to Ray as a driver: Ray would replace the SIGTERM handler with
+    its own crash handler, which kills the process without unwinding ``local_ray_cluster`` (the
+    cluster would outlive it) or the output directory's clean-up. Ray's own Python handler, which
+    exits and so unwinds, stays."""
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"  # for a ray imported later
+    from ray._private import ray_constants
+
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # read when a driver connects
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -21,6 +21,7 @@ from fedmeta.data.sources import load_federation
 from fedmeta.errors import FedMetaError
 from fedmeta.output_dir import claimed_output_dir
 from fedmeta.privacy.preflight import check_resumed_ledgers, check_run
+from fedmeta.ray_session import keep_python_signal_handlers
 
 __all__ = ["simulate", "resume_simulation"]
 
@@ -117,6 +118,8 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
         check_resumed_ledgers(load_checkpoint(out_dir, cfg).history.ledgers, out_dir / "ledgers")
     # Imported late: Flower and Ray are heavy and the CLI validates input before paying for them.
     from flwr.simulation import run_simulation
+
+    keep_python_signal_handlers()
 
     from fedmeta.flower.client import build_client_app
     from fedmeta.flower.server import UNTRAINED, build_server_app
