@@ -137,19 +137,13 @@ def test_a_model_with_buffers_saves_its_buffers_and_resumes(user_module):
     """The ServerApp against the real ClientApps in this process (no Ray): killed after round 1 and
     resumed, it ends with the uninterrupted run's parameters, and its model.pt holds the buffer."""
     import torch
-    from flwr.app import Context, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedmeta.flower.server import SimulatedCrash, build_server_app
-    from in_process_grid import InProcessGrid
+    from fedmeta.flower.server import SimulatedCrash
+    from in_process_grid import run_server_app as run
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    nodes = [{"partition-id": i, "num-partitions": 5, "privacy-mode": "none"} for i in range(5)]
     config = {"config-file": CI, "overrides": "federation.rounds=2 model.factory='hospital_models:with_buffer'"}
-
-    def run(run_config: dict, first_id: int, **kwargs) -> None:
-        server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-        build_server_app(progress=False, expected_nodes=5, **kwargs)(InProcessGrid(nodes, run_config, first_id), server)
 
     whole, cut = user_module / "whole", user_module / "cut"
     run({**config, "out-dir": str(whole)}, first_id=100)

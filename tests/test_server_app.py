@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmeta.flower.server import SimulatedCrash, build_server_app
+from fedmeta.flower.server import SimulatedCrash
 
-from in_process_grid import InProcessGrid
+from in_process_grid import run_server_app
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
-# Five hospitals; their node policy allows the non-private runs of these tests.
-NODES = [{"partition-id": i, "num-partitions": 5, "privacy-mode": "none"} for i in range(5)]
 
 
 @pytest.fixture(autouse=True)
@@ -25,20 +22,14 @@ def _task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
-def _run(run_config: dict, first_id: int, **app_kwargs) -> None:
-    app = build_server_app(progress=False, expected_nodes=5, **app_kwargs)
-    server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    app(InProcessGrid(NODES, run_config, first_id), server)
-
-
-def test_resume_from_in_the_run_config_continues_a_killed_run(tmp_path):
+def test_resume_from_in_the_run_config_continues_a_killedrun_server_app(tmp_path):
     config = {"config-file": CI, "overrides": "federation.rounds=3 server.optimizer='adam' server.lr=0.1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    _run({**config, "out-dir": str(whole)}, first_id=100)
+    run_server_app({**config, "out-dir": str(whole)}, first_id=100)
     with pytest.raises(SimulatedCrash):
-        _run({**config, "out-dir": str(cut)}, first_id=200, _stop_after_round=1)
+        run_server_app({**config, "out-dir": str(cut)}, first_id=200, _stop_after_round=1)
     # The restarted SuperLink numbers the nodes anew; outputs go to the resumed directory.
-    _run({**config, "resume-from": str(cut)}, first_id=300)
+    run_server_app({**config, "resume-from": str(cut)}, first_id=300)
     a, b = torch.load(cut / "model.pt"), torch.load(whole / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in b)
     res = json.loads((cut / "results.json").read_text())
