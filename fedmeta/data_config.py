@@ -9,6 +9,14 @@ from fedmeta.config_base import Section
 __all__ = ["SyntheticConfig", "SyntheticImagesConfig", "MedMNISTConfig", "DataConfig"]
 
 
+def _ordered(section: Section, *ranges: tuple[str, str]) -> Section:
+    """``section`` if each ``(low, high)`` field pair is in order."""
+    for low, high in ranges:
+        if getattr(section, high) < getattr(section, low):
+            raise ValueError(f"{high} must be >= {low}")
+    return section
+
+
 class SyntheticConfig(Section):
     """Parameters of the synthetic multi-hospital generator (see ``fedmeta.data.synthetic``)."""
 
@@ -23,11 +31,7 @@ class SyntheticConfig(Section):
 
     @model_validator(mode="after")
     def _ranges(self) -> "SyntheticConfig":
-        if self.max_patients < self.min_patients:
-            raise ValueError("max_patients must be >= min_patients")
-        if self.prevalence_max < self.prevalence_min:
-            raise ValueError("prevalence_max must be >= prevalence_min")
-        return self
+        return _ordered(self, ("min_patients", "max_patients"), ("prevalence_min", "prevalence_max"))
 
 
 class SyntheticImagesConfig(Section):
@@ -44,11 +48,7 @@ class SyntheticImagesConfig(Section):
 
     @model_validator(mode="after")
     def _ranges(self) -> "SyntheticImagesConfig":
-        if self.max_images < self.min_images:
-            raise ValueError("max_images must be >= min_images")
-        if self.prevalence_max < self.prevalence_min:
-            raise ValueError("prevalence_max must be >= prevalence_min")
-        return self
+        return _ordered(self, ("min_images", "max_images"), ("prevalence_min", "prevalence_max"))
 
 
 class MedMNISTConfig(Section):
