@@ -40,6 +40,10 @@ def test_an_interrupted_comparison_resumes_where_it_stopped(tmp_path, monkeypatc
     assert units == ["local/seed0.json", "local/seed1.json", "pooled/seed0.json"]
     kept = {u: (out / "units" / u).read_bytes() for u in units}
 
+    # Written by a version whose config had no meta.episode_chunk yet: it takes its default, still the same plan.
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["config"]["meta"]["episode_chunk"]
+    (out / "plan.json").write_text(json.dumps(plan))
     monkeypatch.setitem(compare.BASELINES, "pooled", pooled)
     calls.clear()
     assert main([*ARGS, "--resume", str(out)]) == 0
