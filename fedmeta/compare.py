@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmeta.config import ExperimentConfig, config_from_json
+from fedmeta.config import ExperimentConfig, config_from_json, same_config
 from fedmeta.data.sources import data_note, load_federation
 from fedmeta.errors import FedMetaError
 from fedmeta.data.hospital import Federation
@@ -114,10 +114,8 @@ def claim_plan(out_dir: Path, plan: dict[str, Any], resume: bool) -> None:
     if not path.is_file():
         raise FedMetaError(f"--resume {out_dir}: no {PLAN} there; nothing to resume")
     before = json.loads(path.read_text(encoding="utf-8"))
-    try:  # read with this version's config: a key added since then takes its default on both sides
-        before["config"] = json.loads(config_from_json(json.dumps(before.get("config"))).to_json())
-    except (FedMetaError, ValueError, TypeError):
-        pass  # not a config this version reads: it differs
+    if same_config(json.dumps(before.get("config")), config_from_json(json.dumps(plan["config"]))):
+        before["config"] = plan["config"]
     differ = [k for k in plan if before.get(k) != plan[k]]
     if differ:
         shown = {"config": "config (or --set)", "tune": "--tune"}

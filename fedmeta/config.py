@@ -343,6 +343,15 @@ def config_toml(cfg: ExperimentConfig) -> str:
     return tomli_w.dumps(json.loads(cfg.model_dump_json(exclude_none=True)))
 
 
+def same_config(stored: str, cfg: ExperimentConfig) -> bool:
+    """Whether ``stored`` (an earlier ``to_json``) is ``cfg``, read with this version's config: a key
+    added since takes its default on both sides. Unreadable means different."""
+    try:
+        return config_from_json(stored).to_json() == cfg.to_json()
+    except (FedMetaError, ValueError, TypeError):
+        return False
+
+
 def config_from_json(text: str) -> ExperimentConfig:
     """Rebuild a config that was resolved and serialised by ``ExperimentConfig.to_json``."""
     return _validate(json.loads(text), "resolved config")

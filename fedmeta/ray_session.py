@@ -82,7 +82,10 @@ def local_ray_cluster(num_cpus: int | None = None, temp_root: Path | None = None
     args = ["start", "--head", "--num-cpus", str(num_cpus or os.cpu_count() or 1), "--port", str(gcs),
             "--temp-dir", str(temp_dir), "--include-dashboard", "false", "--dashboard-port", str(dashboard),
             "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-            "--disable-usage-stats"]
+            "--disable-usage-stats",
+            # Ports the OS picks: Ray's default worker range (10002-19999) is the same for every cluster
+            # on a machine, and a driver that draws a port another cluster's worker holds aborts.
+            "--min-worker-port", "0", "--max-worker-port", "0"]
     # A terminated driver must still stop the cluster: SIGTERM unwinds this block (main thread only).
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -33,6 +33,7 @@ def ray_cluster():
                       "--include-dashboard", "false", "--dashboard-port", str(dashboard),
                       "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent)],
                      ["--address", f"127.0.0.1:{gcs}", "--num-cpus", "1", "--dashboard-agent-listen-port", str(agent2)]):
+            args += ["--min-worker-port", "0", "--max-worker-port", "0"]  # not the range other clusters here use
             subprocess.run([str(RAY), "start", *args, "--disable-usage-stats"], env=env, check=True,
                            capture_output=True, text=True, timeout=180)
         yield f"127.0.0.1:{gcs}", temp_dir

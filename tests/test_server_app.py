@@ -22,7 +22,7 @@ def _task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
-def test_resume_from_in_the_run_config_continues_a_killedrun_server_app(tmp_path):
+def test_resume_from_in_the_run_config_continues_a_killed_run(tmp_path):
     config = {"config-file": CI, "overrides": "federation.rounds=3 server.optimizer='adam' server.lr=0.1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run_server_app({**config, "out-dir": str(whole)}, first_id=100)

@@ -18,7 +18,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from fedmeta.config import ExperimentConfig, config_toml, with_settings
+from fedmeta.config import ExperimentConfig, config_toml, same_config, with_settings
 from fedmeta.errors import FedMetaError
 from fedmeta.tuning.protocol import TrialFailed, mean_curve, tuning_config, validation_curve
 from fedmeta.tuning.space import resolve_space, suggest
@@ -46,7 +46,7 @@ def _open_study(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool) -
         study.set_user_attr("algorithm", name)
         study.set_user_attr("config", cfg.to_json())
         return study
-    if study.user_attrs.get("algorithm") != name or study.user_attrs.get("config") != cfg.to_json():
+    if study.user_attrs.get("algorithm") != name or not same_config(study.user_attrs.get("config", ""), cfg):
         raise FedMetaError(f"--resume {out_dir}: that study tuned {study.user_attrs.get('algorithm')!r} with another "
                            "config; resume with the same algorithm and config")
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
