@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from fedmeta.config import ExperimentConfig, load_config
 from fedmeta.errors import FedMetaError
 from fedmeta.output_dir import claimed_output_dir
+from fedmeta.termination import Terminated, leave, sigterm_interrupts
 
 __all__ = ["main"]
 
@@ -156,8 +158,6 @@ def _deploy_register(args: argparse.Namespace) -> None:
 
 
 def _deploy_local(args: argparse.Namespace) -> None:
-    import signal
-
     from fedmeta.deploy.local import PROJECT_ROOT, deploy_local
 
     cfg = _load(args)
@@ -174,10 +174,6 @@ def _deploy_local(args: argparse.Namespace) -> None:
 
     node_policy = node_policy_from_items(args.node_policy or [], args.max_epsilon)
 
-    def _terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # stop the processes we started, as on Ctrl-C
-
-    signal.signal(signal.SIGTERM, _terminate)
     summary = deploy_local(cfg, out, hospitals=args.hospitals, project=Path(args.project or PROJECT_ROOT),
                            node_policy=node_policy, timeout_s=args.timeout, resume=bool(args.resume),
                            announce=lambda line: print(line, file=sys.stderr, flush=True))
@@ -274,14 +270,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        code = args.func(args)
-    except FedMetaError as err:
-        print(f"fedmeta: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fedmeta: interrupted", file=sys.stderr)
-        return 130
+    with sigterm_interrupts() as threads_before:
+        try:
+            code = args.func(args)
+        except FedMetaError as err:
+            print(f"fedmeta: error: {err}", file=sys.stderr)
+            return 2
+        except (Terminated, SystemExit):  # SystemExit: the handler a Ray driver installs when it connects
+            print("fedmeta: terminated", file=sys.stderr)
+            return leave(128 + signal.SIGTERM, threads_before)
+        except KeyboardInterrupt:
+            print("fedmeta: interrupted", file=sys.stderr)
+            return leave(130, threads_before)
     return int(code or 0)
 
 

@@ -86,9 +86,10 @@ def local_ray_cluster(num_cpus: int | None = None, temp_root: Path | None = None
             # Ports the OS picks: Ray's default worker range (10002-19999) is the same for every cluster
             # on a machine, and a driver that draws a port another cluster's worker holds aborts.
             "--min-worker-port", "0", "--max-worker-port", "0"]
-    # A terminated driver must still stop the cluster: SIGTERM unwinds this block (main thread only).
+    # A terminated driver must still stop the cluster: SIGTERM unwinds this block (main thread only),
+    # by the handler of the command line (``fedmeta.termination``) or, where nobody set one, ours.
     previous = None
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         done = subprocess.run([*ray_cli(), *args], check=False, env=env, capture_output=True, text=True, timeout=300)
