@@ -38,6 +38,10 @@ COMPARED: dict[str, str | None] = {
     "fedmeta-maml": "maml",
     "fedmeta-fomaml": "fomaml",
     "fedmeta-reptile": "reptile",
+    "fedmeta-metasgd": "metasgd",
+    "fedmeta-anil": "anil",
+    "fedprox": "fedprox",
+    "perfedavg": "perfedavg",
 }
 BASELINE_SPACES: dict[str, SearchSpace] = {
     "local": local_baseline.SEARCH_SPACE,

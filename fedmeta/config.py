@@ -110,6 +110,8 @@ class MetaConfig(_Section):
     outer_lr: float = Field(0.5, gt=0, description="local outer learning rate")
     episode_chunk: int = Field(0, ge=0, description="episodes differentiated together (memory: a conv net's "
                                "second-order graph is large); 0 = automatic")
+    prox_mu: float = Field(0.01, ge=0, description="fedprox: weight mu of the proximal term "
+                           "mu/2 * ||theta - theta_global||^2 in each hospital's local objective")
 
 
 class FederationConfig(_Section):

@@ -14,7 +14,8 @@ from torch.func import functional_call
 from fedmeta.config import EvalConfig, MetaConfig
 from fedmeta.data.episodes import sample_k_shot
 from fedmeta.data.hospital import Hospital
-from fedmeta.meta.functional import Params, adapt, per_episode_copies
+from fedmeta.meta.algorithms import InnerLoop, MetaAlgorithm, get_algorithm
+from fedmeta.meta.functional import Params, per_episode_copies
 from fedmeta.tasks import Task
 
 __all__ = ["Score", "score_params", "evaluate_few_shot", "mean_score", "scored_splits", "scores_row",
@@ -58,11 +59,13 @@ def score_params(model: nn.Module, params: Params, hospital: Hospital, device: t
 def evaluate_few_shot(
     model: nn.Module, params: Params, hospital: Hospital, *, task: Task, eval_cfg: EvalConfig,
     meta_cfg: MetaConfig, seed: int, device: torch.device, splits: tuple[str, ...] = ("test",),
-    participant: bool = False,
+    participant: bool = False, algorithm: MetaAlgorithm | None = None,
 ) -> dict[str, Score]:
     """Per split, the mean score over ``eval_cfg.draws`` k-shot adaptations (``meta_cfg`` inner
     steps and lr); every split is scored with the same adapted models. A ``participant`` (a hospital
-    that trained) with ``eval.adapt_on = "all"`` adapts once, on its whole train split."""
+    that trained) with ``eval.adapt_on = "all"`` adapts once, on its whole train split.
+    ``algorithm``: whose adaptation, on its state ``params`` (default: fine-tuning every weight)."""
+    algorithm = algorithm or get_algorithm("fedavg")
     rng = np.random.default_rng([seed, 7_919])
     x = torch.as_tensor(hospital.x_train, device=device)
     y = torch.as_tensor(hospital.y_train, device=device)
@@ -73,8 +76,8 @@ def evaluate_few_shot(
     idx = torch.as_tensor(np.stack(chosen), device=device)
     # All draws adapt at once: one copy of the initialisation per draw.
     start = per_episode_copies({k: v.to(device) for k, v in params.items()}, len(chosen))
-    adapted = adapt(model, start, x[idx], y[idx], task, steps=meta_cfg.inner_steps, lr=meta_cfg.inner_lr,
-                    create_graph=False)
+    adapted = algorithm.adapt(model, start, x[idx], y[idx], InnerLoop(meta_cfg.inner_steps, meta_cfg.inner_lr, task),
+                              create_graph=False)
     draws = [{k: v[i].detach() for k, v in adapted.items()} for i in range(len(chosen))]
     return {split: mean_score([score_params(model, p, hospital, device, task, split) for p in draws])
             for split in splits}

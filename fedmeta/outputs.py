@@ -72,7 +72,10 @@ def missed_rounds(history: RunHistory) -> dict[str, list[dict[str, Any]]]:
 
 def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHistory, model: nn.Module,
                       timings: dict[str, float], stop_reason: str = "", resumed_from_round: int = 0,
-                      runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+                      runtime: dict[str, Any] | None = None,
+                      algorithm_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """``algorithm_state``: what the algorithm learned besides the model's parameters (Meta-SGD's
+    rates), saved as ``algorithm_state.pt`` next to ``model.pt``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
     final = history.final_eval()
@@ -110,6 +113,8 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
                                 r.train.get(h, {}).get("train-loss", ""),
                                 ": ".join(r.missed[h].values()) if h in r.missed else ""])
     torch.save(model.state_dict(), out_dir / "model.pt")
+    if algorithm_state:
+        torch.save(algorithm_state, out_dir / "algorithm_state.pt")
     title = f"{cfg.meta.algorithm}, seed {cfg.seed}"
     for name in task.metric_names:
         plot_metric(history, name, out_dir / f"{name}_per_round.png", title, cfg.eval.split)

@@ -194,8 +194,8 @@ CASES: list[tuple[str, Argv, str]] = [
     ("compare-seed-negative", ["compare", CI, "--seeds", "0", "-1", "--out", OUT], "--seeds: -1 is negative"),
     ("compare-seed-duplicated", ["compare", CI, "--seeds", "0", "0", "--out", OUT],
      "--seeds: 0 is given more than once"),
-    ("compare-algorithm-unknown", ["compare", CI, "--algorithms", "local", "fedprox", "--out", OUT],
-     "--algorithms: unknown fedprox"),
+    ("compare-algorithm-unknown", ["compare", CI, "--algorithms", "local", "fedproxx", "--out", OUT],
+     "--algorithms: unknown fedproxx"),
     ("compare-seed-not-int", ["compare", CI, "--seeds", "zero", "--out", OUT], ARGPARSE),
     # audit
     ("audit-ledger-missing", ["audit", "{tmp}/missing.sqlite", "--out", OUT], "missing.sqlite: ledger not found"),

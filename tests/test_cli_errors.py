@@ -111,9 +111,9 @@ def test_bad_csv_data(case, capsys, tmp_path):
 
 def test_compare_rejects_unknown_algorithm(capsys, tmp_path):
     out = tmp_path / "cmp"
-    code = main(["compare", DEFAULT, "--algorithms", "local", "fedprox", "--out", str(out)])
+    code = main(["compare", DEFAULT, "--algorithms", "local", "fedproxx", "--out", str(out)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "--algorithms: unknown fedprox" in err and not out.exists()
+    assert code == 2 and "--algorithms: unknown fedproxx" in err and not out.exists()
 
 
 def test_existing_output_directory_is_not_overwritten(capsys, tmp_path):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmeta.config import ModelConfig
+from fedmeta.config import MetaConfig, ModelConfig
 from fedmeta.data.episodes import EpisodeBatch
 from fedmeta.errors import FedMetaError
 from fedmeta.meta.algorithms import ALGORITHMS, InnerLoop, get_algorithm
@@ -37,6 +37,11 @@ def _batch(m: int = 3, d: int = 5, s: int = 4, q: int = 6, seed: int = 0) -> Epi
 def _model(hidden: list[int], d: int = 5) -> nn.Module:
     torch.manual_seed(1)
     return MLP(d, hidden).double()
+
+
+def _state(algo, model: nn.Module) -> dict[str, torch.Tensor]:
+    """What ``algo`` learns for ``model`` at round 0 (Meta-SGD: the weights and their rates)."""
+    return algo.initial_state(params_of(model), MetaConfig(inner_lr=INNER.lr))
 
 
 def _flat(p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -152,8 +157,8 @@ def test_fedavg_step_is_plain_gradient_on_the_episode_data():
 
 def test_meta_gradient_is_the_mean_of_episode_gradients():
     model, batch = _model([8]), _batch()
-    params = params_of(model)
     for algo in ALGORITHMS.values():
+        params = _state(algo, model)
         per, losses = algo.episode_gradients(model, params, batch, INNER)
         mean, loss = algo.meta_gradient(model, params, batch, INNER)
         assert losses.shape == (batch.size,)
@@ -188,7 +193,8 @@ def test_batch_statistics_layers_are_refused():
 
 
 def test_registry_lookup():
-    assert set(ALGORITHMS) == {"maml", "fomaml", "reptile", "fedavg"}
+    assert set(ALGORITHMS) == {"maml", "fomaml", "reptile", "metasgd", "anil", "fedavg", "fedprox",
+                               "perfedavg"}
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("meta-sgd")
     assert isinstance(build_model(ModelConfig(hidden=[4]), (3,), seed=0), MLP)
@@ -198,7 +204,7 @@ def test_registry_lookup():
 def test_padded_episodes_with_zero_weights_equal_the_unpadded_ones(name):
     """Padding rows with weight 0 change nothing when the normaliser is the real count."""
     model, batch = _model([6]), _batch(m=2, s=4, q=6)
-    params = params_of(model)
+    params = _state(ALGORITHMS[name], model)
     g = torch.Generator().manual_seed(5)
     pad_s, pad_q = torch.randn(2, 3, 5, generator=g, dtype=torch.float64), torch.randn(2, 2, 5, generator=g,
                                                                                        dtype=torch.float64)
@@ -227,7 +233,8 @@ def test_episodes_taken_in_chunks_give_the_same_per_episode_gradients(name, monk
     model, batch = _model([6]), _batch(m=5, s=4, q=6)
     batch = replace(batch, w_support=torch.ones(5, 4, dtype=torch.float64).index_fill(1, torch.tensor([3]), 0.0),
                     w_query=torch.ones(5, 6, dtype=torch.float64), support_normaliser=3.0, query_normaliser=6.0)
-    params, algo = params_of(model), ALGORITHMS[name]
+    algo = ALGORITHMS[name]
+    params = _state(algo, model)
     whole, whole_loss = algo.episode_gradients(model, params, batch, InnerLoop(3, 0.3, BinaryTask(), chunk=5))
     for chunk in (1, 2, 3):
         parts, loss = algo.episode_gradients(model, params, batch, InnerLoop(3, 0.3, BinaryTask(), chunk=chunk))

@@ -107,7 +107,8 @@ def test_samples_are_fresh_poisson_draws_padded_never_cut():
 
 @pytest.mark.parametrize("algorithm, kinds", [
     ("maml", [EPISODE_CLIPPING]), ("fomaml", [DP_SGD_SUPPORT, DP_SGD_QUERY]), ("reptile", [DP_SGD]),
-    ("fedavg", [DP_SGD]),
+    ("fedavg", [DP_SGD]), ("metasgd", [EPISODE_CLIPPING]), ("anil", [EPISODE_CLIPPING]),
+    ("fedprox", [DP_SGD]),
 ])
 def test_the_planned_releases_and_their_calibration(algorithm, kinds):
     cfg = load_config(CI, ['privacy.mode="record"', "privacy.target_epsilon=4.0", 'privacy.accountant="rdp"',
@@ -115,7 +116,8 @@ def test_the_planned_releases_and_their_calibration(algorithm, kinds):
     plan = plan_privacy(cfg, hospital="hospital-01", n_train=500)
     meta = cfg.meta
     assert [r.mechanism for r in plan.releases] == kinds
-    per_round = {"maml": [meta.outer_steps], "fedavg": [meta.outer_steps],
+    per_round = {"maml": [meta.outer_steps], "fedavg": [meta.outer_steps], "metasgd": [meta.outer_steps],
+                 "anil": [meta.outer_steps], "fedprox": [meta.outer_steps],
                  "reptile": [meta.outer_steps * meta.meta_batch * meta.inner_steps],
                  "fomaml": [meta.outer_steps * meta.meta_batch * meta.inner_steps,
                             meta.outer_steps * meta.meta_batch]}[algorithm]
@@ -141,3 +143,21 @@ def test_first_order_maml_rounds_write_two_ledger_rows_each_before_returning(tmp
                                                       (2, DP_SGD_SUPPORT), (2, DP_SGD_QUERY)]
     assert rows[0].epsilon < rows[1].epsilon < rows[2].epsilon < rows[3].epsilon
     assert audit_ledger(path).ok
+
+
+def test_a_private_meta_sgd_round_clips_and_noises_the_rates_with_the_weights(tmp_path):
+    """The learned rates are released like weights: part of each episode's clipped gradient, noised."""
+    from fedmeta.meta.algorithms import get_algorithm
+
+    cfg = load_config(CI, ['privacy.mode="record"', "privacy.noise_multiplier=1.0", 'meta.algorithm="metasgd"'])
+    hospital = load_federation(cfg).hospitals[0]
+    model = build_model(cfg.model, hospital.input_shape, cfg.seed)
+    state = get_algorithm("metasgd").initial_state(params_of(model), cfg.meta)
+    plan = plan_privacy(cfg, hospital=hospital.name, n_train=hospital.n_train)
+    outcome = train_hospital_round(cfg, hospital, 0, model, state, plan=plan, server_round=1, run_id="run",
+                                   ledger_path=tmp_path / "ledger.sqlite", device=torch.device("cpu"))
+    update = outcome.result.update
+    assert set(update) == set(state) and len(update) == 2 * len(params_of(model))
+    # Noise of std 2*sigma*C / (expected episodes) on every coordinate, rates included.
+    rates = torch.cat([v.reshape(-1) for k, v in update.items() if k.startswith("inner-lr:")])
+    assert rates.abs().min() > 0 and rates.std() > 0.1 * cfg.meta.outer_lr * plan.sigma * plan.max_grad_norm / cfg.meta.meta_batch

@@ -25,6 +25,7 @@ from fedmeta.evaluation import NonFiniteModelError, evaluate_few_shot, score_par
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
 from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT, LEDGER_INVALID, POLICY_REFUSED
 from fedmeta.flower.run_config import config_from_run_config
+from fedmeta.meta.algorithms import get_algorithm
 from fedmeta.meta.functional import Params, params_of
 from fedmeta.local_round import train_hospital_round
 from fedmeta.models import build_model, pick_device
@@ -97,7 +98,8 @@ def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Param
     model = build_model(site.cfg.model, site.input_shape, site.cfg.seed,
                         build_task(site.cfg.task).n_outputs).to(site.device)
     try:
-        return model, record_to_params(msg.content["arrays"], params_of(model), site.device)
+        expected = get_algorithm(site.cfg.meta.algorithm).initial_state(params_of(model), site.cfg.meta)
+        return model, record_to_params(msg.content["arrays"], expected, site.device)
     except RecordError as err:
         reason = f"hospital {site.hospital.name}: rejected parameters: {err}"
         log.error(reason)
@@ -208,10 +210,12 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         server_round = int(msg.content["config"].get("server-round", 0))
         task = build_task(cfg.task)
         try:  # the reported split (test; validation in tuning trials) and validation for model selection
+            algorithm = get_algorithm(cfg.meta.algorithm)
             scores = evaluate_few_shot(model, params, site.hospital, task=task, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
                                        seed=cfg.seed, device=site.device, splits=scored_splits(site.hospital, cfg.eval),
-                                       participant=not site.held_out)
-            unadapted = score_params(model, params, site.hospital, site.device, task, cfg.eval.split)
+                                       participant=not site.held_out, algorithm=algorithm)
+            unadapted = score_params(model, algorithm.model_params(params), site.hospital, site.device, task,
+                                     cfg.eval.split)
         except NonFiniteModelError as err:
             return Message(Error(code=EVAL_FAILED, reason=str(err)), reply_to=msg)
         score, val = scores[cfg.eval.split], scores.get("validation")

@@ -24,6 +24,7 @@ from fedmeta.flower.records import params_to_record
 from fedmeta.flower.run_config import config_from_run_config
 from fedmeta.flower.selection import OnValidation
 from fedmeta.flower.strategy import FederationStopped, FedMeta
+from fedmeta.meta.algorithms import get_algorithm
 from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model
 from fedmeta.outputs import write_run_outputs
@@ -107,11 +108,12 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
         raise FedMetaError(f"federation: the hospitals report {shape}; this run's task.kind is {cfg.task.kind!r} "
                            f"with {task.n_outputs} output(s)")
     model = build_model(cfg.model, shape.input_shape, cfg.seed, task.n_outputs)
+    algorithm = get_algorithm(cfg.meta.algorithm)
     start = ckpt.round if ckpt else 0
     bar = tqdm(total=cfg.federation.rounds, initial=start, desc=f"{cfg.meta.algorithm} rounds", unit="round",
                disable=not progress)
     strategy = FedMeta(
-        cfg=cfg, hospital_of=hospital_of, train_nodes=train_nodes, initial_params=params_of(model),
+        cfg=cfg, hospital_of=hospital_of, train_nodes=train_nodes, initial_params=algorithm.initial_state(params_of(model), cfg.meta),
         checkpoint_dir=out_dir, on_round_end=lambda r: _round_done(r, bar, _stop_after_round), shape=shape,
         on_validation=on_validation,
     )
@@ -145,13 +147,15 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     strategy.history.kept_round, kept = strategy.selection.kept(strategy.optimizer.current())
     # Buffers are part of the model's definition (built alike on every node from the seed), never
     # trained or sent: the kept parameters replace the parameters, and only those.
-    missing, unexpected = model.load_state_dict(kept, strict=False)
+    weights = algorithm.model_params(kept)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or set(missing) - {name for name, _ in model.named_buffers()}:
         raise RuntimeError(f"the kept model does not fit the architecture: missing {missing}, unexpected {unexpected}")
     write_run_outputs(
         out_dir, cfg=cfg, history=strategy.history, model=model,
         timings={"setup_s": t_setup, "total_s": time.perf_counter() - t0},
         stop_reason=strategy.stop_reason, resumed_from_round=start, runtime=runtime,
+        algorithm_state={k: v for k, v in kept.items() if k not in weights},
     )
 
 

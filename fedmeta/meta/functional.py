@@ -45,16 +45,21 @@ def episode_losses(model: nn.Module, params: Params, x: torch.Tensor, y: torch.T
 
 
 def adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, task: Task, *, steps: int,
-          lr: float, create_graph: bool, weight: torch.Tensor | None = None, normaliser: float | None = None) -> Params:
+          lr: float | Params, create_graph: bool, only: frozenset[str] | None = None,
+          weight: torch.Tensor | None = None, normaliser: float | None = None) -> Params:
     """``steps`` SGD steps per episode; with ``create_graph`` the result stays differentiable with
-    respect to ``params`` through every step (second order)."""
-    names = list(params)
+    respect to ``params`` (and ``lr``) through every step (second order).
+
+    ``lr``: one rate, or one tensor per adapted parameter shaped like it (Meta-SGD's learned rates).
+    ``only``: the parameters that adapt (ANIL's head); the others stay as given."""
+    names = [k for k in params if only is None or k in only]
     with torch.enable_grad():
         fast = params
         for _ in range(steps):
             total = episode_losses(model, fast, x, y, task, weight, normaliser).sum()
             grads = torch.autograd.grad(total, [fast[k] for k in names], create_graph=create_graph)
-            fast = {k: fast[k] - lr * g for k, g in zip(names, grads)}
+            step = {k: (lr[k] if isinstance(lr, dict) else lr) * g for k, g in zip(names, grads)}
+            fast = {k: fast[k] - step[k] if k in step else fast[k] for k in fast}
             if not create_graph:
-                fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
+                fast = {k: v.detach().requires_grad_(k in step) for k, v in fast.items()}
     return fast

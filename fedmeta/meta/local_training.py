@@ -43,7 +43,7 @@ def meta_train_locally(
         per_episode, loss = algorithm.episode_gradients(model, params, batch, inner)
         if episode_hook is not None:
             per_episode = episode_hook(per_episode)
-        params = {k: params[k] - cfg.outer_lr * per_episode[k].mean(0) for k in params}
+        params = algorithm.local_step(params, global_params, {k: g.mean(0) for k, g in per_episode.items()}, cfg)
         losses.append(float(loss.mean()))
     update = {k: (global_params[k] - params[k]).detach() for k in params}
     return LocalResult(update=update, train_loss=float(np.mean(losses)), episodes=cfg.outer_steps * cfg.meta_batch)

@@ -4,15 +4,9 @@ and sampling rates, delta and its cap.
 Computed by the hospital itself from the run config and its own data size, so nothing the server
 sends can change it (the server cannot raise a hospital's cap or lower its noise).
 
-Record-level constructions (docs/privacy.md):
-
-* ``maml``: per-episode clipping; one release per outer step at rate ``q = m * e / n``.
-* ``fomaml``: per-record DP-SGD; every inner step of every episode a release at ``2 k / n``
-  (support-sized sample), every episode's query gradient a release at ``Q / n``.
-* ``reptile``: per-record DP-SGD; every inner step of every episode a release at ``e / n``.
-* ``fedavg``: per-record DP-SGD; one release per outer step at ``m * e / n``.
-
-(``k`` shots per class of ``C`` classes, ``Q`` query records, ``e = Ck + Q``, ``m`` episodes per outer step.)
+Record-level constructions (docs/privacy.md): each algorithm declares its own
+(``MetaAlgorithm.record_releases``, in its file under ``fedmeta/meta/algorithms/``); an algorithm
+that declares none cannot run with ``privacy.mode = "record"``.
 Per-record DP-SGD gave the better utility at equal epsilon for the first-order methods
 (``benchmarks/dp_first_order_constructions.py``).
 """
@@ -72,23 +66,15 @@ def support_records(cfg: ExperimentConfig) -> int:
     return build_task(cfg.task).n_strata * cfg.meta.shots
 
 
-def _rate(records: float, n_train: int, override: float) -> float:
-    return override or min(1.0, records / n_train)
-
-
 def _record_releases(cfg: ExperimentConfig, n_train: int) -> tuple[Release, ...]:
-    meta, q = cfg.meta, cfg.privacy.sample_rate
-    support = support_records(cfg)
-    episode = support + meta.query
-    per_outer = meta.outer_steps * meta.meta_batch
-    if meta.algorithm == "maml":
-        return (Release(EPISODE_CLIPPING, _rate(meta.meta_batch * episode, n_train, q), meta.outer_steps),)
-    if meta.algorithm == "fomaml":
-        return (Release(DP_SGD_SUPPORT, _rate(support, n_train, q), per_outer * meta.inner_steps),
-                Release(DP_SGD_QUERY, _rate(meta.query, n_train, q), per_outer))
-    if meta.algorithm == "reptile":
-        return (Release(DP_SGD, _rate(episode, n_train, q), per_outer * meta.inner_steps),)
-    return (Release(DP_SGD, _rate(meta.meta_batch * episode, n_train, q), meta.outer_steps),)
+    from fedmeta.meta.algorithms import get_algorithm  # imported here: the algorithms import this module
+
+    releases = get_algorithm(cfg.meta.algorithm).record_releases(cfg.meta, support_records(cfg), n_train,
+                                                                   cfg.privacy.sample_rate)
+    if not releases:
+        raise FedMetaError(f"meta.algorithm: {cfg.meta.algorithm!r} has no record-level DP construction; "
+                           "use privacy.mode = \"client\" or \"none\"")
+    return releases
 
 
 @lru_cache(maxsize=64)

@@ -7,8 +7,8 @@ hospital's plan (``fedmeta.privacy.plan``):
   (``PoissonEpisodeSampler``) and every outer step goes through ``RecordLevelDPStep`` (each
   episode's meta-gradient clipped, noise of std 2*sigma*C);
 * per-record DP-SGD (first-order MAML, Reptile, FedAvg): every data-touching step is a
-  ``PerRecordRelease`` on a fresh Poisson sample; the inner loops, the outer step and the
-  meta-update are post-processing of those releases.
+  ``PerRecordRelease`` on a fresh Poisson sample; the inner loops, the outer step
+  (``MetaAlgorithm.private_outer_step``) and the meta-update are post-processing of those releases.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fedmeta.meta.functional import Params
 from fedmeta.meta.local_training import LocalResult
 from fedmeta.privacy.canaries import GradientCanaries, add_canaries
 from fedmeta.privacy.episode_sampling import PoissonEpisodeSampler
-from fedmeta.privacy.plan import DP_SGD, DP_SGD_QUERY, DP_SGD_SUPPORT, EPISODE_CLIPPING, PrivacyPlan
+from fedmeta.privacy.plan import EPISODE_CLIPPING, PrivacyPlan
 from fedmeta.privacy.record_dp import RecordLevelDPStep
 from fedmeta.privacy.record_dp_sgd import PerRecordRelease
 from fedmeta.tasks import Task
@@ -74,34 +74,22 @@ def _per_record_dp_sgd(model, global_params, hospital, cfg, plan, *, task, rng, 
     x = torch.as_tensor(hospital.x_train, device=device)
     y = torch.as_tensor(hospital.y_train, device=device)
     shapes = {k: v.detach() for k, v in global_params.items()}
+    releasers: dict[tuple[str, int], PerRecordRelease] = {}
 
-    def releaser(mechanism: str, episodes: int) -> PerRecordRelease:
-        r = plan.release(mechanism)
-        return PerRecordRelease(model, x, y, task=task, shapes=shapes, episodes=episodes, sample_rate=r.sample_rate,
-                                sigma=plan.sigma, max_grad_norm=plan.max_grad_norm, generator=noise_generator,
-                                secure_mode=secure_mode, noise_scale=noise_scale)
+    def release(mechanism: str, params: Params) -> Params:
+        episodes = next(iter(params.values())).shape[0]
+        if (mechanism, episodes) not in releasers:
+            r = plan.release(mechanism)
+            releasers[mechanism, episodes] = PerRecordRelease(
+                model, x, y, task=task, shapes=shapes, episodes=episodes, sample_rate=r.sample_rate, sigma=plan.sigma,
+                max_grad_norm=plan.max_grad_norm, generator=noise_generator, secure_mode=secure_mode,
+                noise_scale=noise_scale)
+        return releasers[mechanism, episodes].release(params, rng, canaries)
 
-    m = cfg.meta_batch
+    algorithm = get_algorithm(cfg.algorithm)
     local = {k: v.detach().clone() for k, v in global_params.items()}
-    if cfg.algorithm == "fedavg":
-        step = releaser(DP_SGD, 1)
-        for _ in range(cfg.outer_steps):
-            g = step.release({k: v[None] for k, v in local.items()}, rng, canaries)
-            local = {k: local[k] - cfg.outer_lr * g[k][0] for k in local}
-    else:
-        inner = releaser(DP_SGD_SUPPORT if cfg.algorithm == "fomaml" else DP_SGD, m)
-        query = releaser(DP_SGD_QUERY, m) if cfg.algorithm == "fomaml" else None
-        for _ in range(cfg.outer_steps):
-            theta = {k: v[None].expand(m, *v.shape) for k, v in local.items()}
-            fast = dict(theta)
-            for _ in range(cfg.inner_steps):
-                g = inner.release(fast, rng, canaries)
-                fast = {k: fast[k] - cfg.inner_lr * g[k] for k in fast}
-            if query is not None:  # first-order MAML: the query gradient at the adapted weights
-                direction = query.release(fast, rng, canaries)
-            else:  # Reptile: the displacement of each episode's inner loop
-                direction = {k: theta[k] - fast[k] for k in theta}
-            local = {k: local[k] - cfg.outer_lr * direction[k].mean(0) for k in local}
+    for _ in range(cfg.outer_steps):
+        local = algorithm.private_outer_step(local, release, cfg, global_params)
     update = {k: (global_params[k] - local[k]).detach() for k in local}
     # Losses on private samples would be one more release; the train loss is not reported.
-    return LocalResult(update=update, train_loss=float("nan"), episodes=cfg.outer_steps * m)
+    return LocalResult(update=update, train_loss=float("nan"), episodes=cfg.outer_steps * cfg.meta_batch)
