@@ -6,27 +6,18 @@ sample the size of a support set, every episode's query gradient a release the s
 
 from __future__ import annotations
 
-import torch
-
 from fedmeta.config import MetaConfig
-from fedmeta.meta.algorithms.base import MetaAlgorithm, Releaser, release_rate
-from fedmeta.meta.functional import Params, episode_losses, per_episode_copies
+from fedmeta.meta.algorithms.base import Releaser, release_rate
+from fedmeta.meta.algorithms.maml import SecondOrderMAML
+from fedmeta.meta.functional import Params
 from fedmeta.privacy.plan import DP_SGD_QUERY, DP_SGD_SUPPORT, Release
 
 __all__ = ["FirstOrderMAML"]
 
 
-class FirstOrderMAML(MetaAlgorithm):
+class FirstOrderMAML(SecondOrderMAML):
     name = "fomaml"
-
-    def _episode_gradients(self, model, state, batch, inner):  # type: ignore[override]
-        with torch.enable_grad():
-            theta = per_episode_copies(state, batch.size)
-            fast = self.adapt(model, theta, batch.x_support, batch.y_support, inner, create_graph=False,
-                              **batch.support())
-            losses = episode_losses(model, fast, batch.x_query, batch.y_query, inner.task, **batch.query())
-            grads = torch.autograd.grad(losses.sum(), list(fast.values()))
-        return dict(zip(fast, grads)), losses.detach()
+    second_order = False
 
     def record_releases(self, meta: MetaConfig, support: int, n_train: int, rate: float) -> tuple[Release, ...]:
         per_outer = meta.outer_steps * meta.meta_batch

@@ -20,16 +20,18 @@ __all__ = ["SecondOrderMAML"]
 
 class SecondOrderMAML(MetaAlgorithm):
     name = "maml"
+    second_order = True  # False: first-order MAML's gradient at the adapted weights
 
     def _episode_gradients(self, model, state, batch, inner):  # type: ignore[override]
         with torch.enable_grad():
             theta = per_episode_copies(state, batch.size)
-            fast = self.adapt(model, theta, batch.x_support, batch.y_support, inner, create_graph=True,
+            fast = self.adapt(model, theta, batch.x_support, batch.y_support, inner, create_graph=self.second_order,
                               **batch.support())
             losses = episode_losses(model, fast, batch.x_query, batch.y_query, inner.task, **batch.query())
-            grads = torch.autograd.grad(losses.sum(), list(theta.values()), allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(theta.values(), grads)]
-        return dict(zip(theta, grads)), losses.detach()
+            wrt = theta if self.second_order else fast
+            grads = torch.autograd.grad(losses.sum(), list(wrt.values()), allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt.values(), grads)]
+        return dict(zip(wrt, grads)), losses.detach()
 
     def record_releases(self, meta: MetaConfig, support: int, n_train: int, rate: float) -> tuple[Release, ...]:
         episode = support + meta.query
