@@ -40,6 +40,7 @@ COMPARED: dict[str, str | None] = {
     "fedmeta-reptile": "reptile",
     "fedmeta-metasgd": "metasgd",
     "fedmeta-anil": "anil",
+    "fedmeta-protonet": "protonet",
     "fedprox": "fedprox",
     "perfedavg": "perfedavg",
 }

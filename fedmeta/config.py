@@ -110,6 +110,8 @@ class MetaConfig(_Section):
     outer_lr: float = Field(0.5, gt=0, description="local outer learning rate")
     episode_chunk: int = Field(0, ge=0, description="episodes differentiated together (memory: a conv net's "
                                "second-order graph is large); 0 = automatic")
+    embedding: int = Field(64, ge=1, description="metric-based learners (protonet): the size of the embedding "
+                           "the model outputs")
     prox_mu: float = Field(0.01, ge=0, description="fedprox: weight mu of the proximal term "
                            "mu/2 * ||theta - theta_global||^2 in each hospital's local objective")
 
@@ -276,6 +278,9 @@ def _check_names(cfg: ExperimentConfig, source: str) -> None:
             f"{source}: meta.algorithm: unknown algorithm {cfg.meta.algorithm!r} "
             f"(expected one of {', '.join(sorted(ALGORITHMS))})"
         )
+    if cfg.task.kind not in ALGORITHMS[cfg.meta.algorithm].tasks:
+        raise FedMetaError(f"{source}: meta.algorithm: {cfg.meta.algorithm!r} does not learn a {cfg.task.kind!r} task "
+                           f"(it learns {', '.join(ALGORITHMS[cfg.meta.algorithm].tasks)})")
 
 
 def _parse_value(text: str) -> Any:

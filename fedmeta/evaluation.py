@@ -18,7 +18,7 @@ from fedmeta.meta.algorithms import InnerLoop, MetaAlgorithm, get_algorithm
 from fedmeta.meta.functional import Params, per_episode_copies
 from fedmeta.tasks import Task
 
-__all__ = ["Score", "score_params", "evaluate_few_shot", "mean_score", "scored_splits", "scores_row",
+__all__ = ["Score", "score_outputs", "score_params", "evaluate_few_shot", "mean_score", "scored_splits", "scores_row",
            "NonFiniteModelError"]
 
 
@@ -43,17 +43,22 @@ class Score:
         return self.metrics[name]
 
 
+def score_outputs(outputs: torch.Tensor, y: np.ndarray, hospital: Hospital, task: Task) -> Score:
+    """The task's metrics of a model's ``outputs`` for labels ``y`` of one of the hospital's splits."""
+    predictions = task.predictions(outputs)
+    if not np.isfinite(predictions).all():
+        raise NonFiniteModelError(f"hospital {hospital.name}: the model's predictions are not finite "
+                                  "(diverged training or adaptation)")
+    return Score(task.metrics(y, predictions), task.primary, task.pairs(y))
+
+
 def score_params(model: nn.Module, params: Params, hospital: Hospital, device: torch.device, task: Task,
                  split: str = "test") -> Score:
     """The task's metrics of ``params`` on the hospital's ``split``."""
     x, y = hospital.split(split)
     with torch.no_grad():
         outputs = functional_call(model, params, (torch.as_tensor(x, device=device),))
-    predictions = task.predictions(outputs)
-    if not np.isfinite(predictions).all():
-        raise NonFiniteModelError(f"hospital {hospital.name}: the model's predictions are not finite "
-                                  "(diverged training or adaptation)")
-    return Score(task.metrics(y, predictions), task.primary, task.pairs(y))
+    return score_outputs(outputs, y, hospital, task)
 
 
 def evaluate_few_shot(
@@ -74,13 +79,16 @@ def evaluate_few_shot(
     else:
         chosen = [sample_k_shot(hospital.y_train, eval_cfg.shots, rng, task) for _ in range(eval_cfg.draws)]
     idx = torch.as_tensor(np.stack(chosen), device=device)
-    # All draws adapt at once: one copy of the initialisation per draw.
+    # All draws adapt at once (one copy of the state per draw), and every split is scored with them.
     start = per_episode_copies({k: v.to(device) for k, v in params.items()}, len(chosen))
-    adapted = algorithm.adapt(model, start, x[idx], y[idx], InnerLoop(meta_cfg.inner_steps, meta_cfg.inner_lr, task),
-                              create_graph=False)
-    draws = [{k: v[i].detach() for k, v in adapted.items()} for i in range(len(chosen))]
-    return {split: mean_score([score_params(model, p, hospital, device, task, split) for p in draws])
-            for split in splits}
+    parts = [hospital.split(split) for split in splits]
+    x_all = torch.as_tensor(np.concatenate([x_split for x_split, _ in parts]), device=device)
+    inner = InnerLoop(meta_cfg.inner_steps, meta_cfg.inner_lr, task)
+    outputs = algorithm.draw_outputs(model, start, x[idx], y[idx], x_all, inner)
+    bounds = np.cumsum([0, *(len(y_split) for _, y_split in parts)])
+    return {split: mean_score([score_outputs(out[bounds[i]:bounds[i + 1]], parts[i][1], hospital, task)
+                               for out in outputs])
+            for i, split in enumerate(splits)}
 
 
 def scored_splits(hospital: Hospital, eval_cfg: EvalConfig) -> tuple[str, ...]:

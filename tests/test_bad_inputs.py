@@ -153,6 +153,8 @@ CASES: list[tuple[str, Argv, str]] = [
     ("data-leave-one-out-simulate", _set("data.leave_one_out=true"), "data.leave_one_out runs one federation"),
     ("model-hidden", _set("model.hidden=[16, 0]"), "model: hidden sizes must be positive"),
     ("meta-algorithm", _set("meta.algorithm='meta-sgd'"), "meta.algorithm: unknown algorithm 'meta-sgd'"),
+    ("meta-algorithm-task", _set("meta.algorithm='protonet'", "task.kind='survival'"),
+     "meta.algorithm: 'protonet' does not learn a 'survival' task (it learns binary, multiclass)"),
     ("meta-shots", _set("meta.shots=0"), "meta.shots: Input should be greater than or equal to 1"),
     ("meta-shots-too-many", _set("meta.shots=500"), "too few examples for the configured shots"),
     ("federation-rounds", _set("federation.rounds=0"), "federation.rounds: Input should be greater than or equal to 1"),

@@ -193,8 +193,8 @@ def test_batch_statistics_layers_are_refused():
 
 
 def test_registry_lookup():
-    assert set(ALGORITHMS) == {"maml", "fomaml", "reptile", "metasgd", "anil", "fedavg", "fedprox",
-                               "perfedavg"}
+    assert set(ALGORITHMS) == {"maml", "fomaml", "reptile", "metasgd", "anil", "protonet", "fedavg",
+                               "fedprox", "perfedavg"}
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("meta-sgd")
     assert isinstance(build_model(ModelConfig(hidden=[4]), (3,), seed=0), MLP)

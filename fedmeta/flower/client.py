@@ -95,10 +95,11 @@ def _site(cfg: ExperimentConfig, context: Context, deployed: bool) -> _Site:
 
 def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Params] | Message:
     """The model with the received global parameters, or an error reply if they do not fit it."""
+    algorithm = get_algorithm(site.cfg.meta.algorithm)
     model = build_model(site.cfg.model, site.input_shape, site.cfg.seed,
-                        build_task(site.cfg.task).n_outputs).to(site.device)
+                        algorithm.model_outputs(build_task(site.cfg.task), site.cfg.meta)).to(site.device)
     try:
-        expected = get_algorithm(site.cfg.meta.algorithm).initial_state(params_of(model), site.cfg.meta)
+        expected = algorithm.initial_state(params_of(model), site.cfg.meta)
         return model, record_to_params(msg.content["arrays"], expected, site.device)
     except RecordError as err:
         reason = f"hospital {site.hospital.name}: rejected parameters: {err}"
@@ -215,7 +216,7 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
                                        seed=cfg.seed, device=site.device, splits=scored_splits(site.hospital, cfg.eval),
                                        participant=not site.held_out, algorithm=algorithm)
             unadapted = score_params(model, algorithm.model_params(params), site.hospital, site.device, task,
-                                     cfg.eval.split)
+                                     cfg.eval.split) if algorithm.predicts_unadapted else None
         except NonFiniteModelError as err:
             return Message(Error(code=EVAL_FAILED, reason=str(err)), reply_to=msg)
         score, val = scores[cfg.eval.split], scores.get("validation")
@@ -224,7 +225,7 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         metrics = MetricRecord({
             "num-examples": int(site.hospital.split(cfg.eval.split)[1].shape[0]),
             **{wire_name(k): v for k, v in score.metrics.items()},
-            f"{wire_name(task.primary)}-unadapted": unadapted.value,
+            **({f"{wire_name(task.primary)}-unadapted": unadapted.value} if unadapted else {}),
             **validation,
             "held-out": int(site.held_out),
             "server-round": server_round,

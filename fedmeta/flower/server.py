@@ -107,8 +107,8 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
     if (shape.task, shape.n_outputs) != (cfg.task.kind, task.n_outputs):
         raise FedMetaError(f"federation: the hospitals report {shape}; this run's task.kind is {cfg.task.kind!r} "
                            f"with {task.n_outputs} output(s)")
-    model = build_model(cfg.model, shape.input_shape, cfg.seed, task.n_outputs)
     algorithm = get_algorithm(cfg.meta.algorithm)
+    model = build_model(cfg.model, shape.input_shape, cfg.seed, algorithm.model_outputs(task, cfg.meta))
     start = ckpt.round if ckpt else 0
     bar = tqdm(total=cfg.federation.rounds, initial=start, desc=f"{cfg.meta.algorithm} rounds", unit="round",
                disable=not progress)

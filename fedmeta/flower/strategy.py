@@ -325,7 +325,8 @@ class FedMeta(FedAvg):
         number in [0, 1]."""
         names, primary = self.task.metric_names, wire_name(self.task.primary)
         scores: dict[str, float] = {k: float(m[wire_name(k)]) for k in names}  # type: ignore[arg-type]
-        scores[f"{self.task.primary}_unadapted"] = float(m[f"{primary}-unadapted"])  # type: ignore[arg-type]
+        if f"{primary}-unadapted" in m:  # absent for metric-based learners: their state predicts nothing alone
+            scores[f"{self.task.primary}_unadapted"] = float(m[f"{primary}-unadapted"])  # type: ignore[arg-type]
         validated = f"val-{primary}" in m
         if validated:
             scores |= {f"val_{k}": float(m[f"val-{wire_name(k)}"]) for k in names}  # type: ignore[arg-type]

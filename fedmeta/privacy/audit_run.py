@@ -14,6 +14,7 @@ import torch
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.sources import load_federation, training_hospitals
 from fedmeta.errors import FedMetaError
+from fedmeta.meta.algorithms import get_algorithm
 from fedmeta.models import build_model
 from fedmeta.privacy.accounting import default_delta
 from fedmeta.privacy.canaries import make_canaries
@@ -33,7 +34,7 @@ def run_empirical_audit(cfg: ExperimentConfig, out_dir: Path,
     if cfg.audit.hospital not in training_hospitals(fed, cfg):
         raise FedMetaError(f"audit.hospital: {cfg.audit.hospital!r} is not a training hospital "
                            f"(training hospitals: {', '.join(training_hospitals(fed, cfg))})")
-    model = build_model(cfg.model, fed.input_shape, cfg.seed, build_task(cfg.task).n_outputs)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed, get_algorithm(cfg.meta.algorithm).model_outputs(build_task(cfg.task), cfg.meta))
     n_params = sum(p.numel() for p in model.parameters())
     if cfg.audit.canaries > n_params:
         raise FedMetaError(f"audit.canaries: {cfg.audit.canaries} gradient canaries need as many model parameters; "

@@ -21,10 +21,11 @@ def check_run(cfg: ExperimentConfig, fed: Federation) -> None:
     """The model can take this data; per-hospital settings name real hospitals; every training
     hospital can plan its privacy (delta within bounds, target epsilon reachable); enough of them
     accept the run to train."""
+    from fedmeta.meta.algorithms import get_algorithm
     from fedmeta.models import build_model
     from fedmeta.tasks import build_task
 
-    build_model(cfg.model, fed.input_shape, cfg.seed, build_task(cfg.task).n_outputs)
+    build_model(cfg.model, fed.input_shape, cfg.seed, get_algorithm(cfg.meta.algorithm).model_outputs(build_task(cfg.task), cfg.meta))
     unknown = sorted(set(cfg.privacy.hospitals) - set(fed.names))
     if unknown:
         raise FedMetaError(f"privacy.hospitals: unknown hospital {unknown[0]!r} (hospitals: {', '.join(fed.names)})")

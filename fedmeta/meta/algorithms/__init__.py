@@ -11,13 +11,15 @@ from fedmeta.meta.algorithms.fomaml import FirstOrderMAML
 from fedmeta.meta.algorithms.maml import SecondOrderMAML
 from fedmeta.meta.algorithms.metasgd import MetaSGD
 from fedmeta.meta.algorithms.perfedavg import PerFedAvg
+from fedmeta.meta.algorithms.protonet import ProtoNet
 from fedmeta.meta.algorithms.reptile import Reptile
 
 __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
 
 ALGORITHMS: dict[str, MetaAlgorithm] = {
     a.name: a for a in (
-        SecondOrderMAML(), FirstOrderMAML(), Reptile(), MetaSGD(), ANIL(), FedAvgSGD(), FedProx(), PerFedAvg(),
+        SecondOrderMAML(), FirstOrderMAML(), Reptile(), MetaSGD(), ANIL(), ProtoNet(), FedAvgSGD(), FedProx(),
+        PerFedAvg(),
     )
 }
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from fedmeta.config import MetaConfig
 from fedmeta.data.episodes import EpisodeBatch
@@ -71,6 +72,23 @@ class MetaAlgorithm(ABC):
         """``U_k``: the adapted model parameters of each episode (``state`` has a leading episode dim)."""
         return adapt(model, self.model_params(state), x, y, inner.task, steps=inner.steps, lr=inner.lr,
                      create_graph=create_graph, weight=weight, normaliser=normaliser)
+
+    def draw_outputs(self, model: nn.Module, state: Params, x_support: torch.Tensor, y_support: torch.Tensor,
+                     x: torch.Tensor, inner: InnerLoop) -> list[torch.Tensor]:
+        """At evaluation: for each draw (leading dim of ``state`` and the support sets), the model's
+        outputs for ``x`` after adapting on that draw's support set."""
+        adapted = self.adapt(model, state, x_support, y_support, inner, create_graph=False)
+        with torch.no_grad():
+            return [functional_call(model, {k: v[i].detach() for k, v in adapted.items()}, (x,))
+                    for i in range(x_support.shape[0])]
+
+    def model_outputs(self, task: Task, meta: MetaConfig) -> int:
+        """The model's outputs per example (the task's, or an embedding's size)."""
+        return task.n_outputs
+
+    # Whether the learned state is a model that predicts without adapting (reported as ``*_unadapted``).
+    predicts_unadapted: bool = True
+    tasks: tuple[str, ...] = ("binary", "multiclass", "survival")  # task kinds it supports
 
     # ----- training -----
     def episode_gradients(
