@@ -41,6 +41,8 @@ COMPARED: dict[str, str | None] = {
     "fedmeta-metasgd": "metasgd",
     "fedmeta-anil": "anil",
     "fedmeta-protonet": "protonet",
+    "fedmeta-matchingnet": "matchingnet",
+    "fedmeta-relationnet": "relationnet",
     "fedprox": "fedprox",
     "perfedavg": "perfedavg",
 }

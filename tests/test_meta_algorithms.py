@@ -41,7 +41,7 @@ def _model(hidden: list[int], d: int = 5) -> nn.Module:
 
 def _state(algo, model: nn.Module) -> dict[str, torch.Tensor]:
     """What ``algo`` learns for ``model`` at round 0 (Meta-SGD: the weights and their rates)."""
-    return algo.initial_state(params_of(model), MetaConfig(inner_lr=INNER.lr))
+    return algo.initial_state(params_of(model), MetaConfig(inner_lr=INNER.lr, embedding=1))  # one output
 
 
 def _flat(p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -193,8 +193,8 @@ def test_batch_statistics_layers_are_refused():
 
 
 def test_registry_lookup():
-    assert set(ALGORITHMS) == {"maml", "fomaml", "reptile", "metasgd", "anil", "protonet", "fedavg",
-                               "fedprox", "perfedavg"}
+    assert set(ALGORITHMS) == {"maml", "fomaml", "reptile", "metasgd", "anil", "protonet", "matchingnet",
+                               "relationnet", "fedavg", "fedprox", "perfedavg"}
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("meta-sgd")
     assert isinstance(build_model(ModelConfig(hidden=[4]), (3,), seed=0), MLP)

@@ -9,17 +9,19 @@ from fedmeta.meta.algorithms.fedavg import FedAvgSGD
 from fedmeta.meta.algorithms.fedprox import FedProx
 from fedmeta.meta.algorithms.fomaml import FirstOrderMAML
 from fedmeta.meta.algorithms.maml import SecondOrderMAML
+from fedmeta.meta.algorithms.matchingnet import MatchingNet
 from fedmeta.meta.algorithms.metasgd import MetaSGD
 from fedmeta.meta.algorithms.perfedavg import PerFedAvg
 from fedmeta.meta.algorithms.protonet import ProtoNet
+from fedmeta.meta.algorithms.relationnet import RelationNet
 from fedmeta.meta.algorithms.reptile import Reptile
 
 __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
 
 ALGORITHMS: dict[str, MetaAlgorithm] = {
     a.name: a for a in (
-        SecondOrderMAML(), FirstOrderMAML(), Reptile(), MetaSGD(), ANIL(), ProtoNet(), FedAvgSGD(), FedProx(),
-        PerFedAvg(),
+        SecondOrderMAML(), FirstOrderMAML(), Reptile(), MetaSGD(), ANIL(), ProtoNet(), MatchingNet(), RelationNet(),
+        FedAvgSGD(), FedProx(), PerFedAvg(),
     )
 }
 

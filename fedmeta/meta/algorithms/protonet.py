@@ -1,72 +1,34 @@
-"""Prototypical networks (Snell et al. 2017): the model is an embedding (``meta.embedding`` outputs);
-an episode's class prototypes are the mean embeddings of its support examples of each class, and
-a query's logit for class ``c`` is minus its squared Euclidean distance to prototype ``c``.
-Adaptation is building the prototypes from the k shots: no SGD at evaluation.
-
-A binary task's single logit is ``logit_1 - logit_0``. A class with no support example in an
-episode (possible only under Poisson sampling with privacy) gets the origin as its prototype.
-
-Record-level DP: per-episode clipping, as MAML: an episode's gradient is a function of that
-episode alone, clipped and noised as a whole.
+"""Prototypical networks (Snell et al. 2017): an episode's class prototypes are the mean embeddings
+of its support examples of each class, and a query's logit for class ``c`` is minus its squared
+Euclidean distance to prototype ``c``. A class with no support example in an episode (possible
+only under Poisson sampling with privacy) gets the origin as its prototype. Shared with the other
+metric-based learners: ``fedmeta.meta.algorithms.metric``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call, vmap
 
-from fedmeta.config import MetaConfig
-from fedmeta.meta.algorithms.base import InnerLoop
-from fedmeta.meta.algorithms.maml import SecondOrderMAML
-from fedmeta.meta.functional import Params, per_episode_copies
-from fedmeta.tasks import Task
+from fedmeta.meta.algorithms.metric import MetricLearner
+from fedmeta.meta.functional import Params
 
-__all__ = ["ProtoNet", "prototype_logits"]
+__all__ = ["ProtoNet", "class_means"]
 
 
-def prototype_logits(support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor, classes: int,
-                     weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``(m, n, classes)``: minus the squared distance of each query embedding ``(m, n, D)`` to the
-    weighted mean of each class's support embeddings ``(m, s, D)``."""
+def class_means(support: torch.Tensor, y_support: torch.Tensor, classes: int,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``(m, classes, D)``: the weighted mean of each class's support embeddings ``(m, s, D)``."""
     onehot = F.one_hot(y_support.long(), classes).to(support.dtype)  # (m, s, C)
     if weight is not None:
         onehot = onehot * weight.unsqueeze(-1)
     counts = onehot.sum(1).clamp_min(1e-12)  # (m, C)
-    prototypes = torch.einsum("msc,msd->mcd", onehot, support) / counts.unsqueeze(-1)
-    return -((query.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).sum(-1)
+    return torch.einsum("msc,msd->mcd", onehot, support) / counts.unsqueeze(-1)
 
 
-class ProtoNet(SecondOrderMAML):
+class ProtoNet(MetricLearner):
     name = "protonet"
-    predicts_unadapted = False
-    tasks = ("binary", "multiclass")
 
-    def model_outputs(self, task: Task, meta: MetaConfig) -> int:
-        return meta.embedding
-
-    def episode_outputs(self, model: nn.Module, state: Params, x_support: torch.Tensor, y_support: torch.Tensor,
-                        x: torch.Tensor, task: Task, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The task's outputs for ``x`` ``(m, n, ...)`` given each episode's support set."""
-        def embed(inputs: torch.Tensor) -> torch.Tensor:  # (m, n, D); a one-output model's (m, n) is D = 1
-            out = vmap(lambda p, xi: functional_call(model, p, (xi,)))(state, inputs)
-            return out.unsqueeze(-1) if out.dim() == 2 else out.flatten(2)
-
-        logits = prototype_logits(embed(x_support), y_support, embed(x), task.n_strata, weight)
-        return logits[..., 1] - logits[..., 0] if task.n_outputs == 1 else logits
-
-    def _episode_gradients(self, model, state, batch, inner):  # type: ignore[override]
-        with torch.enable_grad():
-            theta = per_episode_copies(state, batch.size)
-            outputs = self.episode_outputs(model, theta, batch.x_support, batch.y_support, batch.x_query, inner.task,
-                                           batch.support().get("weight"))
-            losses = inner.task.episode_losses(outputs, batch.y_query, **batch.query())
-            grads = torch.autograd.grad(losses.sum(), list(theta.values()))
-        return dict(zip(theta, grads)), losses.detach()
-
-    def draw_outputs(self, model, state, x_support, y_support, x, inner: InnerLoop):  # type: ignore[override]
-        with torch.no_grad():
-            queries = x.unsqueeze(0).expand(x_support.shape[0], *x.shape)
-            outputs = self.episode_outputs(model, state, x_support, y_support, queries, inner.task)
-        return list(outputs)
+    def class_logits(self, state: Params, support, y_support, query, classes, weight):  # type: ignore[override]
+        prototypes = class_means(support, y_support, classes, weight)
+        return -((query.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).sum(-1)

@@ -1,0 +1,65 @@
+"""What the metric-based learners (prototypical, matching and relation networks) share: the model
+is an embedding of ``meta.embedding`` outputs; an episode's class scores for a query come from its
+embedding and the support set's (``class_logits``), so adaptation is reading the k shots, with no
+SGD at evaluation. A binary task's single logit is ``logit_1 - logit_0``.
+
+Record-level DP: per-episode clipping, as MAML: an episode's gradient is a function of that
+episode alone, clipped and noised as a whole.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from fedmeta.config import MetaConfig
+from fedmeta.meta.algorithms.base import InnerLoop
+from fedmeta.meta.algorithms.maml import SecondOrderMAML
+from fedmeta.meta.functional import Params, per_episode_copies
+from fedmeta.tasks import Task
+
+__all__ = ["MetricLearner"]
+
+
+class MetricLearner(SecondOrderMAML):
+    predicts_unadapted = False
+    tasks = ("binary", "multiclass")
+
+    def model_outputs(self, task: Task, meta: MetaConfig) -> int:
+        return meta.embedding
+
+    @abstractmethod
+    def class_logits(self, state: Params, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor,
+                     classes: int, weight: torch.Tensor | None) -> torch.Tensor:
+        """``(m, n, classes)`` scores of query embeddings ``(m, n, D)`` given the support embeddings
+        ``(m, s, D)``, their labels and weights (0: padding)."""
+
+    def episode_outputs(self, model: nn.Module, state: Params, x_support: torch.Tensor, y_support: torch.Tensor,
+                        x: torch.Tensor, task: Task, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The task's outputs for ``x`` ``(m, n, ...)`` given each episode's support set."""
+        params = self.model_params(state)
+
+        def embed(inputs: torch.Tensor) -> torch.Tensor:  # (m, n, D); a one-output model's (m, n) is D = 1
+            out = vmap(lambda p, xi: functional_call(model, p, (xi,)))(params, inputs)
+            return out.unsqueeze(-1) if out.dim() == 2 else out.flatten(2)
+
+        logits = self.class_logits(state, embed(x_support), y_support, embed(x), task.n_strata, weight)
+        return logits[..., 1] - logits[..., 0] if task.n_outputs == 1 else logits
+
+    def _episode_gradients(self, model, state, batch, inner):  # type: ignore[override]
+        with torch.enable_grad():
+            theta = per_episode_copies(state, batch.size)
+            outputs = self.episode_outputs(model, theta, batch.x_support, batch.y_support, batch.x_query, inner.task,
+                                           batch.support().get("weight"))
+            losses = inner.task.episode_losses(outputs, batch.y_query, **batch.query())
+            grads = torch.autograd.grad(losses.sum(), list(theta.values()))
+        return dict(zip(theta, grads)), losses.detach()
+
+    def draw_outputs(self, model, state, x_support, y_support, x, inner: InnerLoop):  # type: ignore[override]
+        with torch.no_grad():
+            queries = x.unsqueeze(0).expand(x_support.shape[0], *x.shape)
+            outputs = self.episode_outputs(model, state, x_support, y_support, queries, inner.task)
+        return list(outputs)
