@@ -137,3 +137,33 @@ def test_a_federated_run_learns_and_keeps_what_the_algorithm_declares(tmp_path, 
         assert any((r - 0.1).abs().max() > 1e-4 for r in rates.values())  # ci.toml: meta.inner_lr = 0.1, learned since
     else:
         assert not (out / "algorithm_state.pt").exists()
+
+
+def test_the_empirical_audit_looks_for_canaries_where_a_meta_sgd_hospital_puts_them(tmp_path, monkeypatch):
+    """Canary coordinates are drawn from the size of what a hospital releases: Meta-SGD's state,
+    rates included, on both sides (a mismatch would score the wrong coordinates)."""
+    from fedmeta.config import load_config
+    from fedmeta.privacy import audit_run, canaries
+    from fedmeta.local_round import train_hospital_round
+    from fedmeta.data.sources import load_federation
+    from fedmeta.models import build_model
+
+    cfg = load_config(str(ROOT / "configs" / "ci.toml"),
+                      ["meta.algorithm='metasgd'", "audit.canaries=10", "audit.hospital='hospital-01'"])
+    sizes: dict[str, int] = {}
+
+    def recording(where: str):
+        def make(audit, n_params):
+            sizes[where] = n_params
+            return canaries.make_canaries(audit, n_params)
+        return make
+
+    hospital = load_federation(cfg).get("hospital-01")
+    model = build_model(cfg.model, hospital.input_shape, cfg.seed)
+    state = ALGORITHMS["metasgd"].initial_state(params_of(model), cfg.meta)
+    monkeypatch.setattr("fedmeta.local_round.make_canaries", recording("hospital"))
+    train_hospital_round(cfg, hospital, 0, model, state, plan=None, server_round=1, run_id="r",
+                         ledger_path=tmp_path / "l.sqlite", device=torch.device("cpu"))
+    monkeypatch.setattr(audit_run, "make_canaries", recording("audit"))
+    audit_run.run_empirical_audit(cfg, tmp_path / "audit", simulate_fn=lambda c, d: d.mkdir(parents=True))
+    assert sizes["audit"] == sizes["hospital"] == 2 * sum(p.numel() for p in model.parameters())

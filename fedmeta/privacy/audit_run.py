@@ -15,6 +15,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.data.sources import load_federation, training_hospitals
 from fedmeta.errors import FedMetaError
 from fedmeta.meta.algorithms import get_algorithm
+from fedmeta.meta.functional import params_of
 from fedmeta.models import build_model
 from fedmeta.privacy.accounting import default_delta
 from fedmeta.privacy.canaries import make_canaries
@@ -34,8 +35,11 @@ def run_empirical_audit(cfg: ExperimentConfig, out_dir: Path,
     if cfg.audit.hospital not in training_hospitals(fed, cfg):
         raise FedMetaError(f"audit.hospital: {cfg.audit.hospital!r} is not a training hospital "
                            f"(training hospitals: {', '.join(training_hospitals(fed, cfg))})")
-    model = build_model(cfg.model, fed.input_shape, cfg.seed, get_algorithm(cfg.meta.algorithm).model_outputs(build_task(cfg.task), cfg.meta))
-    n_params = sum(p.numel() for p in model.parameters())
+    algorithm = get_algorithm(cfg.meta.algorithm)
+    model = build_model(cfg.model, fed.input_shape, cfg.seed, algorithm.model_outputs(build_task(cfg.task), cfg.meta))
+    # What a hospital releases (and its canaries live in): the algorithm's whole state, not only the model's
+    # parameters (Meta-SGD's rates, a relation module): the same count the hospital draws its canaries from.
+    n_params = sum(v.numel() for v in algorithm.initial_state(params_of(model), cfg.meta).values())
     if cfg.audit.canaries > n_params:
         raise FedMetaError(f"audit.canaries: {cfg.audit.canaries} gradient canaries need as many model parameters; "
                            f"the model has {n_params} (use fewer canaries or a larger model.hidden)")
