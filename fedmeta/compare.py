@@ -44,6 +44,7 @@ COMPARED: dict[str, str | None] = {
     "fedmeta-matchingnet": "matchingnet",
     "fedmeta-relationnet": "relationnet",
     "fedprox": "fedprox",
+    "ditto": "ditto",
     "perfedavg": "perfedavg",
 }
 BASELINE_SPACES: dict[str, SearchSpace] = {

@@ -112,6 +112,8 @@ class MetaConfig(_Section):
                                "second-order graph is large); 0 = automatic")
     embedding: int = Field(64, ge=1, description="metric-based learners (protonet): the size of the embedding "
                            "the model outputs")
+    ditto_lambda: float = Field(0.1, ge=0, description="ditto: pull lambda of each hospital's personal model "
+                                "towards the global one")
     prox_mu: float = Field(0.01, ge=0, description="fedprox: weight mu of the proximal term "
                            "mu/2 * ||theta - theta_global||^2 in each hospital's local objective")
 

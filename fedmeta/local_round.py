@@ -19,8 +19,10 @@ from torch import nn
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.episodes import EpisodeSampler
 from fedmeta.data.hospital import Hospital
+from fedmeta.meta.algorithms import get_algorithm
 from fedmeta.meta.functional import Params
 from fedmeta.meta.local_training import LocalResult, meta_train_locally
+from fedmeta.personal_state import PersonalStore
 from fedmeta.privacy.budget import HospitalBudget
 from fedmeta.privacy.canaries import GradientCanaries, add_canaries, make_canaries
 from fedmeta.privacy.client_dp import privatize_update
@@ -52,7 +54,9 @@ def train_hospital_round(
     if cfg.audit.canaries and hospital.name == cfg.audit.hospital:
         canaries = make_canaries(cfg.audit, sum(p.numel() for p in params.values()))
     if plan is None:
-        return RoundOutcome(_train_plainly(cfg, hospital, model, params, rng, canaries, device))
+        result = _train_plainly(cfg, hospital, model, params, rng, canaries, device)
+        _keep_personal(cfg, hospital, index, model, params, server_round, ledger_path, device)
+        return RoundOutcome(result)
     budget = HospitalBudget(plan, hospital=hospital.name, algorithm=cfg.meta.algorithm, ledger_path=ledger_path)
     decision = budget.spend(run_id=run_id, round=server_round, anchor=anchor)
     if not decision.allowed:
@@ -72,8 +76,24 @@ def train_hospital_round(
         update = privatize_update(plain.update, sigma=plan.sigma * noise_scale, clip_norm=plan.max_grad_norm,
                                   generator=noise, secure_mode=secure)
         result = LocalResult(update=update, train_loss=plain.train_loss, episodes=plain.episodes)
+    _keep_personal(cfg, hospital, index, model, params, server_round, ledger_path, device)
     return RoundOutcome(result, privacy={"epsilon": decision.epsilon_after, "delta": plan.delta,
                                          "noise-multiplier": plan.sigma}, ledger=(decision.rows, decision.head))
+
+
+def _keep_personal(cfg: ExperimentConfig, hospital: Hospital, index: int, model: nn.Module, params: Params,
+                   server_round: int, ledger_path: Path, device: torch.device) -> None:
+    """A personal algorithm's own state (Ditto's model): updated and written before the hospital
+    replies; never part of the reply, so never released."""
+    algorithm = get_algorithm(cfg.meta.algorithm)
+    if not algorithm.personal:
+        return
+    store = PersonalStore(ledger_path, cfg)
+    personal = store.load(device) or params
+    sampler = EpisodeSampler(hospital.x_train, hospital.y_train, task=build_task(cfg.task), shots=cfg.meta.shots,
+                             query=cfg.meta.query, device=device)
+    rng = np.random.default_rng([cfg.seed, server_round, index, 2])
+    store.save(algorithm.update_personal(model, personal, params, sampler, cfg.meta, rng), server_round)
 
 
 def _train_plainly(cfg: ExperimentConfig, hospital: Hospital, model: nn.Module, params: Params,

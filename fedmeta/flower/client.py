@@ -26,6 +26,7 @@ from fedmeta.flower.records import RecordError, params_to_record, record_to_para
 from fedmeta.flower.reply_codes import BAD_ARRAYS, BUDGET_EXHAUSTED, EVAL_FAILED, HELD_OUT, LEDGER_INVALID, POLICY_REFUSED
 from fedmeta.flower.run_config import config_from_run_config
 from fedmeta.meta.algorithms import get_algorithm
+from fedmeta.personal_state import PersonalStore
 from fedmeta.meta.functional import Params, params_of
 from fedmeta.local_round import train_hospital_round
 from fedmeta.models import build_model, pick_device
@@ -212,9 +213,16 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         task = build_task(cfg.task)
         try:  # the reported split (test; validation in tuning trials) and validation for model selection
             algorithm = get_algorithm(cfg.meta.algorithm)
-            scores = evaluate_few_shot(model, params, site.hospital, task=task, eval_cfg=cfg.eval, meta_cfg=cfg.meta,
-                                       seed=cfg.seed, device=site.device, splits=scored_splits(site.hospital, cfg.eval),
-                                       participant=not site.held_out, algorithm=algorithm)
+            personal = (PersonalStore(ledger_path(site, context), cfg).load(site.device)
+                        if algorithm.personal and not site.held_out else None)
+            if personal is not None:  # a hospital's personal model is its adaptation: scored as it is
+                scores = {split: score_params(model, personal, site.hospital, site.device, task, split)
+                          for split in scored_splits(site.hospital, cfg.eval)}
+            else:
+                scores = evaluate_few_shot(model, params, site.hospital, task=task, eval_cfg=cfg.eval,
+                                           meta_cfg=cfg.meta, seed=cfg.seed, device=site.device,
+                                           splits=scored_splits(site.hospital, cfg.eval),
+                                           participant=not site.held_out, algorithm=algorithm)
             unadapted = score_params(model, algorithm.model_params(params), site.hospital, site.device, task,
                                      cfg.eval.split) if algorithm.predicts_unadapted else None
         except NonFiniteModelError as err:

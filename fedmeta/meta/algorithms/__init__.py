@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fedmeta.meta.algorithms.anil import ANIL
 from fedmeta.meta.algorithms.base import InnerLoop, MetaAlgorithm
+from fedmeta.meta.algorithms.ditto import Ditto
 from fedmeta.meta.algorithms.fedavg import FedAvgSGD
 from fedmeta.meta.algorithms.fedprox import FedProx
 from fedmeta.meta.algorithms.fomaml import FirstOrderMAML
@@ -21,7 +22,7 @@ __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
 ALGORITHMS: dict[str, MetaAlgorithm] = {
     a.name: a for a in (
         SecondOrderMAML(), FirstOrderMAML(), Reptile(), MetaSGD(), ANIL(), ProtoNet(), MatchingNet(), RelationNet(),
-        FedAvgSGD(), FedProx(), PerFedAvg(),
+        FedAvgSGD(), FedProx(), Ditto(), PerFedAvg(),
     )
 }
 

@@ -17,12 +17,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from fedmeta.config import MetaConfig
-from fedmeta.data.episodes import EpisodeBatch
+from fedmeta.data.episodes import EpisodeBatch, EpisodeSampler
 from fedmeta.meta.chunking import chunk_size, chunks
 from fedmeta.meta.functional import Params, adapt
 from fedmeta.privacy.plan import Release
@@ -85,6 +86,14 @@ class MetaAlgorithm(ABC):
     def model_outputs(self, task: Task, meta: MetaConfig) -> int:
         """The model's outputs per example (the task's, or an embedding's size)."""
         return task.n_outputs
+
+    # Whether each hospital keeps a personal state it never sends (``update_personal``; Ditto).
+    personal: bool = False
+
+    def update_personal(self, model: nn.Module, personal: Params, global_params: Params, sampler: EpisodeSampler,
+                        meta: MetaConfig, rng: np.random.Generator) -> Params:
+        """A hospital's personal state after this round (``personal`` algorithms only)."""
+        raise NotImplementedError(f"{self.name} keeps no personal state")
 
     # Whether the learned state is a model that predicts without adapting (reported as ``*_unadapted``).
     predicts_unadapted: bool = True
