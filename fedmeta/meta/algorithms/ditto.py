@@ -22,6 +22,7 @@ from fedmeta.config import MetaConfig
 from fedmeta.data.episodes import EpisodeSampler
 from fedmeta.meta.algorithms.base import InnerLoop
 from fedmeta.meta.algorithms.fedavg import FedAvgSGD
+from fedmeta.meta.algorithms.fedprox import proximal_step
 from fedmeta.meta.functional import Params
 from fedmeta.tuning.space import FEDERATED_SPACE, Param
 
@@ -39,5 +40,5 @@ class Ditto(FedAvgSGD):
         v = {k: t.detach().clone() for k, t in personal.items()}
         for _ in range(meta.outer_steps):
             grads, _ = self.meta_gradient(model, v, sampler.sample(meta.meta_batch, rng), inner)
-            v = {k: v[k] - meta.outer_lr * (grads[k] + meta.ditto_lambda * (v[k] - global_params[k])) for k in v}
+            v = proximal_step(v, global_params, grads, meta.outer_lr, meta.ditto_lambda)
         return v

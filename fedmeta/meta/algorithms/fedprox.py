@@ -13,7 +13,12 @@ from fedmeta.meta.algorithms.fedavg import FedAvgSGD
 from fedmeta.meta.functional import Params
 from fedmeta.tuning.space import FEDERATED_SPACE, Param
 
-__all__ = ["FedProx"]
+__all__ = ["FedProx", "proximal_step"]
+
+
+def proximal_step(local: Params, anchor: Params, gradient: Params, lr: float, weight: float) -> Params:
+    """One SGD step on the loss plus ``weight/2 * ||local - anchor||^2``."""
+    return {k: local[k] - lr * (gradient[k] + weight * (local[k] - anchor[k])) for k in local}
 
 
 class FedProx(FedAvgSGD):
@@ -21,5 +26,4 @@ class FedProx(FedAvgSGD):
     search_space = (*FEDERATED_SPACE, Param("meta.prox_mu", 1e-3, 1.0, log=True))
 
     def local_step(self, local: Params, global_params: Params, gradient: Params, meta: MetaConfig) -> Params:
-        return {k: local[k] - meta.outer_lr * (gradient[k] + meta.prox_mu * (local[k] - global_params[k]))
-                for k in local}
+        return proximal_step(local, global_params, gradient, meta.outer_lr, meta.prox_mu)

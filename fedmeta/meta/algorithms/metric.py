@@ -37,17 +37,21 @@ class MetricLearner(SecondOrderMAML):
         """``(m, n, classes)`` scores of query embeddings ``(m, n, D)`` given the support embeddings
         ``(m, s, D)``, their labels and weights (0: padding)."""
 
+    def _embed(self, model: nn.Module, state: Params, inputs: torch.Tensor) -> torch.Tensor:
+        """``(m, n, D)`` embeddings of ``(m, n, ...)`` inputs; a one-output model's ``(m, n)`` is D = 1."""
+        out = vmap(lambda p, xi: functional_call(model, p, (xi,)))(self.model_params(state), inputs)
+        return out.unsqueeze(-1) if out.dim() == 2 else out.flatten(2)
+
+    def _task_outputs(self, state: Params, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor,
+                      task: Task, weight: torch.Tensor | None) -> torch.Tensor:
+        logits = self.class_logits(state, support, y_support, query, task.n_strata, weight)
+        return logits[..., 1] - logits[..., 0] if task.n_outputs == 1 else logits
+
     def episode_outputs(self, model: nn.Module, state: Params, x_support: torch.Tensor, y_support: torch.Tensor,
                         x: torch.Tensor, task: Task, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The task's outputs for ``x`` ``(m, n, ...)`` given each episode's support set."""
-        params = self.model_params(state)
-
-        def embed(inputs: torch.Tensor) -> torch.Tensor:  # (m, n, D); a one-output model's (m, n) is D = 1
-            out = vmap(lambda p, xi: functional_call(model, p, (xi,)))(params, inputs)
-            return out.unsqueeze(-1) if out.dim() == 2 else out.flatten(2)
-
-        logits = self.class_logits(state, embed(x_support), y_support, embed(x), task.n_strata, weight)
-        return logits[..., 1] - logits[..., 0] if task.n_outputs == 1 else logits
+        return self._task_outputs(state, self._embed(model, state, x_support), y_support,
+                                  self._embed(model, state, x), task, weight)
 
     def _episode_gradients(self, model, state, batch, inner):  # type: ignore[override]
         with torch.enable_grad():
@@ -59,7 +63,9 @@ class MetricLearner(SecondOrderMAML):
         return dict(zip(theta, grads)), losses.detach()
 
     def draw_outputs(self, model, state, x_support, y_support, x, inner: InnerLoop):  # type: ignore[override]
+        # Nothing adapts: every draw's state is the same, so the scored split is embedded once.
         with torch.no_grad():
-            queries = x.unsqueeze(0).expand(x_support.shape[0], *x.shape)
-            outputs = self.episode_outputs(model, state, x_support, y_support, queries, inner.task)
+            query = self._embed(model, {k: v[:1] for k, v in state.items()}, x[None])
+            outputs = self._task_outputs(state, self._embed(model, state, x_support), y_support,
+                                         query.expand(x_support.shape[0], -1, -1), inner.task, None)
         return list(outputs)
