@@ -45,6 +45,7 @@ COMPARED: dict[str, str | None] = {
     "fedmeta-relationnet": "relationnet",
     "fedprox": "fedprox",
     "ditto": "ditto",
+    "fedrep": "fedrep",
     "perfedavg": "perfedavg",
 }
 BASELINE_SPACES: dict[str, SearchSpace] = {

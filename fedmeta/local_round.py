@@ -8,7 +8,7 @@ train, and only then return the update.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -54,9 +54,8 @@ def train_hospital_round(
     if cfg.audit.canaries and hospital.name == cfg.audit.hospital:
         canaries = make_canaries(cfg.audit, sum(p.numel() for p in params.values()))
     if plan is None:
-        result = _train_plainly(cfg, hospital, model, params, rng, canaries, device)
-        _keep_personal(cfg, hospital, index, model, params, server_round, ledger_path, device)
-        return RoundOutcome(result)
+        start = _personal_round(cfg, hospital, index, model, params, server_round, ledger_path, device)
+        return RoundOutcome(_shared(_train_plainly(cfg, hospital, model, start, rng, canaries, device), model, cfg))
     budget = HospitalBudget(plan, hospital=hospital.name, algorithm=cfg.meta.algorithm, ledger_path=ledger_path)
     decision = budget.spend(run_id=run_id, round=server_round, anchor=anchor)
     if not decision.allowed:
@@ -67,33 +66,42 @@ def train_hospital_round(
     noise_seed = secrets.randbits(63) if secure else int(
         np.random.default_rng([cfg.seed, server_round, index, 1]).integers(2**62))
     noise = torch.Generator(device=device).manual_seed(noise_seed)
+    start = _personal_round(cfg, hospital, index, model, params, server_round, ledger_path, device)
     if cfg.privacy.mode == "record":
-        result = meta_train_privately(model, params, hospital, cfg.meta, plan, task=build_task(cfg.task), rng=rng,
-                                      noise_generator=noise, secure_mode=secure, device=device,
-                                      noise_scale=noise_scale, canaries=canaries)
+        result = _shared(meta_train_privately(model, start, hospital, cfg.meta, plan, task=build_task(cfg.task),
+                                              rng=rng, noise_generator=noise, secure_mode=secure, device=device,
+                                              noise_scale=noise_scale, canaries=canaries), model, cfg)
     else:
-        plain = _train_plainly(cfg, hospital, model, params, rng, canaries, device)
+        plain = _shared(_train_plainly(cfg, hospital, model, start, rng, canaries, device), model, cfg)
         update = privatize_update(plain.update, sigma=plan.sigma * noise_scale, clip_norm=plan.max_grad_norm,
                                   generator=noise, secure_mode=secure)
         result = LocalResult(update=update, train_loss=plain.train_loss, episodes=plain.episodes)
-    _keep_personal(cfg, hospital, index, model, params, server_round, ledger_path, device)
     return RoundOutcome(result, privacy={"epsilon": decision.epsilon_after, "delta": plan.delta,
                                          "noise-multiplier": plan.sigma}, ledger=(decision.rows, decision.head))
 
 
-def _keep_personal(cfg: ExperimentConfig, hospital: Hospital, index: int, model: nn.Module, params: Params,
-                   server_round: int, ledger_path: Path, device: torch.device) -> None:
-    """A personal algorithm's own state (Ditto's model): updated and written before the hospital
-    replies; never part of the reply, so never released."""
+def _personal_round(cfg: ExperimentConfig, hospital: Hospital, index: int, model: nn.Module, params: Params,
+                    server_round: int, ledger_path: Path, device: torch.device) -> Params:
+    """A personal algorithm's own state (Ditto's model, FedRep's head): updated and written before
+    the hospital trains its shared update and replies; never part of the reply. Returns where the
+    shared update starts."""
     algorithm = get_algorithm(cfg.meta.algorithm)
     if not algorithm.personal:
-        return
+        return params
     store = PersonalStore(ledger_path, cfg)
-    personal = store.load(device) or params
+    personal = store.load(device) or algorithm.initial_personal(model, params)
     sampler = EpisodeSampler(hospital.x_train, hospital.y_train, task=build_task(cfg.task), shots=cfg.meta.shots,
                              query=cfg.meta.query, device=device)
     rng = np.random.default_rng([cfg.seed, server_round, index, 2])
-    store.save(algorithm.update_personal(model, personal, params, sampler, cfg.meta, rng), server_round)
+    personal = algorithm.update_personal(model, personal, params, sampler, cfg.meta, rng)
+    store.save(personal, server_round)
+    return algorithm.training_start(params, personal)
+
+
+def _shared(result: LocalResult, model: nn.Module, cfg: ExperimentConfig) -> LocalResult:
+    """The update without what the hospital keeps (FedRep's head)."""
+    kept = get_algorithm(cfg.meta.algorithm).kept_at_hospital(model)
+    return replace(result, update={k: v for k, v in result.update.items() if k not in kept}) if kept else result
 
 
 def _train_plainly(cfg: ExperimentConfig, hospital: Hospital, model: nn.Module, params: Params,

@@ -35,8 +35,10 @@ class ServerMetaOptimizer:
         return {k: p.detach().clone() for k, p in self.params.items()}
 
     def step(self, meta_update: Params) -> Params:
+        """One step on the parameters ``meta_update`` names; the others (what hospitals keep, e.g.
+        FedRep's head) get no gradient, so no step, decay or moment change."""
         for k, p in self.params.items():
-            p.grad = meta_update[k].to(p.dtype).clone()
+            p.grad = meta_update[k].to(p.dtype).clone() if k in meta_update else None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return self.current()

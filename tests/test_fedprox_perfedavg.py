@@ -100,11 +100,12 @@ def test_perfedavg_approaches_one_step_maml_as_its_difference_step_shrinks():
     assert errors[1] < 1e-7 < errors[0]
 
 
-def test_an_algorithm_without_a_record_level_construction_is_refused_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("algorithm", ["perfedavg", "fedrep"])
+def test_an_algorithm_without_a_record_level_construction_is_refused_in_one_line(tmp_path, capsys, algorithm):
     out = tmp_path / "run"
-    assert main(["simulate", CI, "--set", 'meta.algorithm="perfedavg"', "--set", 'privacy.mode="record"', "--set", "privacy.target_epsilon=4.0",
-                 "--out", str(out), "--quiet"]) == 2
+    assert main(["simulate", CI, "--set", f'meta.algorithm="{algorithm}"', "--set", 'privacy.mode="record"',
+                 "--set", "privacy.target_epsilon=4.0", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["fedmeta: error: meta.algorithm: 'perfedavg' has no record-level DP construction; "
+    assert err == [f"fedmeta: error: meta.algorithm: '{algorithm}' has no record-level DP construction; "
                    "use privacy.mode = \"client\" or \"none\""]
     assert not out.exists()

@@ -194,7 +194,7 @@ def test_batch_statistics_layers_are_refused():
 
 def test_registry_lookup():
     assert set(ALGORITHMS) == {"maml", "fomaml", "reptile", "metasgd", "anil", "protonet", "matchingnet",
-                               "relationnet", "fedavg", "fedprox", "ditto", "perfedavg"}
+                               "relationnet", "fedavg", "fedprox", "ditto", "fedrep", "perfedavg"}
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("meta-sgd")
     assert isinstance(build_model(ModelConfig(hidden=[4]), (3,), seed=0), MLP)

@@ -34,8 +34,8 @@ class Hospital:
     """Answers like fedmeta's ClientApp; ``faults[round]`` is "silent", "error", "nan" or "declined"."""
 
     def __init__(self, name: str, faults: dict[int, str] | None = None, role: str = "train",
-                 input_shape: tuple[int, ...] = (2,), task: str = "binary"):
-        self.name, self.faults, self.role = name, faults or {}, role
+                 input_shape: tuple[int, ...] = (2,), task: str = "binary", keeps: tuple[str, ...] = ()):
+        self.name, self.faults, self.role, self.keeps = name, faults or {}, role, keeps
         self.input_shape, self.task = input_shape, task
 
     def __call__(self, msg: Message) -> Message | None:
@@ -57,7 +57,7 @@ class Hospital:
         theta = msg.content["arrays"].to_torch_state_dict()
         # A deterministic meta-update that depends on the model sent and on the hospital.
         bias = 0.1 * (ord(self.name[-1]) - ord("a") + 1)
-        update = {k: 0.5 * v + bias for k, v in theta.items()}
+        update = {k: 0.5 * v + bias for k, v in theta.items() if k not in self.keeps}
         if fault == "nan":
             update["b"][0] = float("nan")
         return Message(RecordDict({"arrays": params_to_record(update),
@@ -87,10 +87,11 @@ def _cfg(**federation) -> ExperimentConfig:
 
 
 def _run(tmp_path, cfg: ExperimentConfig, grid: Grid, on_round_end: Callable[[int], None] | None = None,
-         restore_from=None) -> FedMeta:
+         restore_from=None, kept: frozenset[str] = frozenset()) -> FedMeta:
     hospital_of = {n: h.name for n, h in grid.nodes.items()}
     strategy = FedMeta(cfg=cfg, hospital_of=hospital_of, train_nodes=list(hospital_of), initial_params=PARAMS,
-                       checkpoint_dir=tmp_path, on_round_end=on_round_end, shape=Shape((2,), 1, "binary"))
+                       checkpoint_dir=tmp_path, on_round_end=on_round_end, shape=Shape((2,), 1, "binary"),
+                       kept_at_hospitals=kept)
     if restore_from is not None:
         strategy.restore(load_checkpoint(restore_from, cfg))
     try:
@@ -125,6 +126,19 @@ def test_rounds_go_on_without_failed_hospitals_and_say_who_missed_which_round(tm
         {"round": 3, "kind": "no-reply", "reason": "no reply within 0.5s"}]
     assert torch.load(tmp_path / "checkpoint.pt")["round"] == 4
     json.dumps(strategy.history.to_dict())  # what results.json holds
+
+
+def test_what_hospitals_keep_never_moves_and_a_reply_that_carries_it_is_dropped(tmp_path):
+    """FedRep's head: the server steps the parameters hospitals send (with Adam: no moment, no decay
+    for the others) and drops a reply that holds a kept parameter."""
+    grid = Grid({11: Hospital("hospital-a", keeps=("w",)), 22: Hospital("hospital-b", keeps=("w",)),
+                 33: Hospital("hospital-c")})
+    strategy = _run(tmp_path, _cfg(rounds=2), grid, kept=frozenset({"w"}))
+    final = strategy.optimizer.current()
+    assert torch.equal(final["w"], PARAMS["w"]) and not torch.equal(final["b"], PARAMS["b"])
+    for r in strategy.history.rounds:
+        assert r.aggregated and set(r.train) == {"hospital-a", "hospital-b"}
+        assert r.missed["hospital-c"]["kind"] == "dropped" and "do not match" in r.missed["hospital-c"]["reason"]
 
 
 def test_a_restarted_node_rejoins_under_its_new_id_and_only_new_nodes_are_queried(tmp_path):

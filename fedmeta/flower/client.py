@@ -216,7 +216,8 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
             personal = (PersonalStore(ledger_path(site, context), cfg).load(site.device)
                         if algorithm.personal and not site.held_out else None)
             if personal is not None:  # a hospital's personal model is its adaptation: scored as it is
-                scores = {split: score_params(model, personal, site.hospital, site.device, task, split)
+                mine = algorithm.personal_params(params, personal)
+                scores = {split: score_params(model, mine, site.hospital, site.device, task, split)
                           for split in scored_splits(site.hospital, cfg.eval)}
             else:
                 scores = evaluate_few_shot(model, params, site.hospital, task=task, eval_cfg=cfg.eval,

@@ -109,13 +109,18 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
                            f"with {task.n_outputs} output(s)")
     algorithm = get_algorithm(cfg.meta.algorithm)
     model = build_model(cfg.model, shape.input_shape, cfg.seed, algorithm.model_outputs(task, cfg.meta))
+    algorithm.check_model(model)
+    kept = algorithm.kept_at_hospital(model)
+    if kept and cfg.audit.canaries:
+        raise FedMetaError(f"audit.canaries: {cfg.meta.algorithm!r} sends part of its state; the empirical audit "
+                           "measures algorithms that send all of it")
     start = ckpt.round if ckpt else 0
     bar = tqdm(total=cfg.federation.rounds, initial=start, desc=f"{cfg.meta.algorithm} rounds", unit="round",
                disable=not progress)
     strategy = FedMeta(
         cfg=cfg, hospital_of=hospital_of, train_nodes=train_nodes, initial_params=algorithm.initial_state(params_of(model), cfg.meta),
         checkpoint_dir=out_dir, on_round_end=lambda r: _round_done(r, bar, _stop_after_round), shape=shape,
-        on_validation=on_validation,
+        on_validation=on_validation, kept_at_hospitals=kept,
     )
     strategy.history.devices = {v.hospital: v.device for v in identities.values()}
     if ckpt is not None:

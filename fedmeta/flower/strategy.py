@@ -70,6 +70,7 @@ class FedMeta(FedAvg):
         on_round_end: Callable[[int], None] | None = None,
         shape: Shape | None = None,
         on_validation: OnValidation | None = None,
+        kept_at_hospitals: frozenset[str] = frozenset(),
     ):
         super().__init__(
             fraction_train=cfg.federation.fraction_train,
@@ -83,6 +84,8 @@ class FedMeta(FedAvg):
         self.members = Membership({h: n for n, h in hospital_of.items()}, roles, shape)
         self.trainers = sorted(h for h, role in roles.items() if role == "train")
         self.optimizer = ServerMetaOptimizer(initial_params, cfg.server)
+        # What a hospital's reply holds: the state without what hospitals keep (FedRep's head).
+        self.replied_names = [k for k in initial_params if k not in kept_at_hospitals]
         self.task = build_task(cfg.task)
         self.history = RunHistory(hospitals=dict(sorted(roles.items())), primary=self.task.primary)
         self.checkpoint_dir = checkpoint_dir
@@ -238,7 +241,8 @@ class FedMeta(FedAvg):
             log.warning("round %d: hospital %s replied with an error: %s", server_round, hospital, reason)
             return None
         try:
-            update = record_to_params(msg.content["arrays"], self.optimizer.current())
+            current = self.optimizer.current()
+            update = record_to_params(msg.content["arrays"], {k: current[k] for k in self.replied_names})
             metrics = {k: float(v) for k, v in msg.content["metrics"].items()}  # type: ignore[arg-type]
             n = metrics["num-examples"]
             if not (math.isfinite(n) and n > 0):

@@ -18,14 +18,16 @@ __all__ = ["check_run", "check_resumed_ledgers"]
 
 
 def check_run(cfg: ExperimentConfig, fed: Federation) -> None:
-    """The model can take this data; per-hospital settings name real hospitals; every training
+    """The model can take this data and the algorithm train it; per-hospital settings name real hospitals; every training
     hospital can plan its privacy (delta within bounds, target epsilon reachable); enough of them
     accept the run to train."""
     from fedmeta.meta.algorithms import get_algorithm
     from fedmeta.models import build_model
     from fedmeta.tasks import build_task
 
-    build_model(cfg.model, fed.input_shape, cfg.seed, get_algorithm(cfg.meta.algorithm).model_outputs(build_task(cfg.task), cfg.meta))
+    algorithm = get_algorithm(cfg.meta.algorithm)
+    algorithm.check_model(build_model(cfg.model, fed.input_shape, cfg.seed,
+                                      algorithm.model_outputs(build_task(cfg.task), cfg.meta)))
     unknown = sorted(set(cfg.privacy.hospitals) - set(fed.names))
     if unknown:
         raise FedMetaError(f"privacy.hospitals: unknown hospital {unknown[0]!r} (hospitals: {', '.join(fed.names)})")

@@ -8,6 +8,7 @@ from fedmeta.meta.algorithms.base import InnerLoop, MetaAlgorithm
 from fedmeta.meta.algorithms.ditto import Ditto
 from fedmeta.meta.algorithms.fedavg import FedAvgSGD
 from fedmeta.meta.algorithms.fedprox import FedProx
+from fedmeta.meta.algorithms.fedrep import FedRep
 from fedmeta.meta.algorithms.fomaml import FirstOrderMAML
 from fedmeta.meta.algorithms.maml import SecondOrderMAML
 from fedmeta.meta.algorithms.matchingnet import MatchingNet
@@ -22,7 +23,7 @@ __all__ = ["InnerLoop", "MetaAlgorithm", "ALGORITHMS", "get_algorithm"]
 ALGORITHMS: dict[str, MetaAlgorithm] = {
     a.name: a for a in (
         SecondOrderMAML(), FirstOrderMAML(), Reptile(), MetaSGD(), ANIL(), ProtoNet(), MatchingNet(), RelationNet(),
-        FedAvgSGD(), FedProx(), Ditto(), PerFedAvg(),
+        FedAvgSGD(), FedProx(), Ditto(), FedRep(), PerFedAvg(),
     )
 }
 

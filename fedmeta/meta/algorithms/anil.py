@@ -5,13 +5,14 @@ order as in MAML. At evaluation, too, only the head is fine-tuned.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from fedmeta.meta.algorithms.base import InnerLoop
 from fedmeta.meta.algorithms.maml import SecondOrderMAML
-from fedmeta.meta.functional import adapt
+from fedmeta.meta.functional import Params, adapt
 
-__all__ = ["ANIL", "head_names"]
+__all__ = ["ANIL", "adapt_head", "head_names"]
 
 
 def head_names(model: nn.Module) -> frozenset[str]:
@@ -26,9 +27,16 @@ def head_names(model: nn.Module) -> frozenset[str]:
     return head
 
 
+def adapt_head(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, inner: InnerLoop, *,
+               create_graph: bool, weight: torch.Tensor | None = None, normaliser: float | None = None) -> Params:
+    """The inner loop on the head alone; the body stays as given."""
+    return adapt(model, params, x, y, inner.task, steps=inner.steps, lr=inner.lr, create_graph=create_graph,
+                 only=head_names(model), weight=weight, normaliser=normaliser)
+
+
 class ANIL(SecondOrderMAML):
     name = "anil"
 
     def adapt(self, model, state, x, y, inner: InnerLoop, *, create_graph, weight=None, normaliser=None):  # type: ignore[override]
-        return adapt(model, self.model_params(state), x, y, inner.task, steps=inner.steps, lr=inner.lr,
-                     create_graph=create_graph, only=head_names(model), weight=weight, normaliser=normaliser)
+        return adapt_head(model, self.model_params(state), x, y, inner, create_graph=create_graph, weight=weight,
+                          normaliser=normaliser)

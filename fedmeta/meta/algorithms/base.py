@@ -83,17 +83,37 @@ class MetaAlgorithm(ABC):
             return [functional_call(model, {k: v[i].detach() for k, v in adapted.items()}, (x,))
                     for i in range(x_support.shape[0])]
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raises ``FedMetaError`` (one line) for a model this algorithm cannot train."""
+
     def model_outputs(self, task: Task, meta: MetaConfig) -> int:
         """The model's outputs per example (the task's, or an embedding's size)."""
         return task.n_outputs
 
-    # Whether each hospital keeps a personal state it never sends (``update_personal``; Ditto).
-    personal: bool = False
+    # ----- what a hospital keeps and never sends (Ditto's personal model, FedRep's head) -----
+    personal: bool = False  # whether each hospital keeps a personal state (``update_personal``)
+
+    def kept_at_hospital(self, model: nn.Module) -> frozenset[str]:
+        """Keys of the state that hospitals never send; the server leaves them as they are."""
+        return frozenset()
+
+    def initial_personal(self, model: nn.Module, params: Params) -> Params:
+        """A hospital's personal state before its first round, from the global state it was sent."""
+        return params
 
     def update_personal(self, model: nn.Module, personal: Params, global_params: Params, sampler: EpisodeSampler,
                         meta: MetaConfig, rng: np.random.Generator) -> Params:
-        """A hospital's personal state after this round (``personal`` algorithms only)."""
+        """A hospital's personal state after this round (``personal`` algorithms only), computed
+        before its shared update."""
         raise NotImplementedError(f"{self.name} keeps no personal state")
+
+    def personal_params(self, params: Params, personal: Params) -> Params:
+        """The state a hospital evaluates with: the global one with its personal part in place."""
+        return {**params, **personal}
+
+    def training_start(self, params: Params, personal: Params) -> Params:
+        """Where the shared update of the round starts (Ditto: the global state as sent)."""
+        return params
 
     # Whether the learned state is a model that predicts without adapting (reported as ``*_unadapted``).
     predicts_unadapted: bool = True
