@@ -15,6 +15,7 @@ from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.data.episodes import sample_k_shot
 from fedmeta.tasks import BinaryTask, MulticlassTask, build_task
+from fedmeta.tasks.binary import auc
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 
@@ -32,7 +33,19 @@ def test_the_binary_task_is_bce_on_a_logit_and_auc_on_its_sigmoid():
         task.episode_losses(logits, y, weight)
     yv, p = np.array([0, 0, 1, 1, 1]), np.array([0.2, 0.6, 0.4, 0.7, 0.9])
     m = task.metrics(yv, p)
-    assert m == {"auc": roc_auc_score(yv, p), "accuracy": 0.6} and task.pairs(yv) == 6
+    assert m == {"auc": pytest.approx(roc_auc_score(yv, p), abs=1e-12), "accuracy": 0.6} and task.pairs(yv) == 6
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_auc_is_scikit_learns_with_ties_and_imbalance(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 200))
+    y = (rng.random(n) < rng.uniform(0.05, 0.95)).astype(float)
+    y[:2] = [0.0, 1.0]  # both classes
+    p = np.round(rng.random(n), int(rng.integers(1, 4)))  # coarse scores: many ties
+    assert auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    with pytest.raises(ValueError, match="both classes"):
+        auc(np.ones(4), p[:4])
 
 
 def test_a_k_shot_set_takes_shots_of_each_stratum():

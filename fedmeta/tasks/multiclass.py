@@ -13,9 +13,10 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from fedmeta.tasks.base import Task
+from fedmeta.tasks.binary import auc
 
 __all__ = ["MulticlassTask"]
 
@@ -50,7 +51,7 @@ class MulticlassTask(Task):
         present = self._present(y)
         if not present:
             raise ValueError("a split with a single class has no one-vs-rest AUC")
-        aucs = [roc_auc_score(y == c, predictions[:, c]) for c in present]
+        aucs = [auc(y == c, predictions[:, c]) for c in present]
         chosen = predictions.argmax(-1)
         with warnings.catch_warnings():  # a class predicted but absent from the split: its recall is not counted
             warnings.simplefilter("ignore", UserWarning)
