@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 from tqdm import tqdm
 
 from fedmeta.checkpoint import load_checkpoint
@@ -33,6 +34,8 @@ from fedmeta.tasks import build_task
 __all__ = ["build_server_app", "run_federation", "discover_hospitals", "UNTRAINED"]
 
 log = logging.getLogger("fedmeta.server")
+# Flower's simulation grid sleeps 0.1 s between looks for replies: most of a small round's time.
+SIMULATION_PULL_INTERVAL_S = 0.005
 
 
 def _wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
@@ -189,6 +192,8 @@ def build_server_app(config: ExperimentConfig | None = None, out_dir: Path | Non
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if isinstance(grid, InMemoryGrid):  # the simulation engine's: replies are in memory, look often
+            grid.pull_interval = SIMULATION_PULL_INTERVAL_S
         cfg = config or config_from_run_config(context.run_config)
         text = str(context.run_config.get("resume-from", "") or "")
         resume = resume_from or (Path(text) if text else None)
