@@ -55,6 +55,9 @@ def test_a_tiny_tune_runs_end_to_end_writes_a_config_simulate_accepts_and_resume
     assert "2 of 4 trials already done" in capsys.readouterr().err
     again = _rows(out / "trials.csv")
     assert len(again) == 4 and again[:2] == rows
+    # The resumed sampler draws new candidates (seeded as a fresh study, it would repeat the first ones).
+    keys = ("local.lr", "local.steps", "local.weight_decay")
+    assert {tuple(r[k] for k in keys) for r in again[2:]}.isdisjoint({tuple(r[k] for k in keys) for r in rows})
     # ... only with the same algorithm and config.
     assert main(["tune", CI, "--algorithm", "local", "--trials", "5", "--set", VAL, "--set", FAST_LOCAL,
                  "--set", "seed=3", "--resume", str(out)]) == 2
@@ -100,13 +103,15 @@ def test_validation_draws_score_a_trial_by_their_mean_and_the_best_config_refits
     for row in _rows(out / "trials.csv"):
         settings = {k: (int(row[k]) if k in ("local.steps", "model.hidden") else float(row[k]))
                     for k in ("local.lr", "local.steps", "local.weight_decay", "model.hidden")}
-        per_draw = []
+        per_draw, pairs = [], []
         for draw in (0, 1):
             trial_cfg = with_settings(tuning_config(cfg, draw), settings, "test")
             rows = counted(BASELINES["local"](load_federation(trial_cfg), trial_cfg))
             per_draw.append(validation_score(list(rows.values())))
+            pairs.append(sum(r["val_pairs"] for r in rows.values()))
         assert per_draw[0] != per_draw[1]
-        assert float(row["validation_score"]) == pytest.approx(np.mean(per_draw), abs=1e-12)
+        expected = (per_draw[0] * pairs[0] + per_draw[1] * pairs[1]) / sum(pairs)  # pair-weighted
+        assert float(row["validation_score"]) == pytest.approx(expected, abs=1e-12)
     # The chosen config trains on the whole train split; tune.refit = false keeps the validation part.
     assert load_config(out / "best.toml").data.validation_fraction == 0
     kept = tmp_path / "kept"
@@ -115,14 +120,21 @@ def test_validation_draws_score_a_trial_by_their_mean_and_the_best_config_refits
     assert load_config(kept / "best.toml").data.validation_fraction == 0.25
 
 
-def test_each_validation_draw_of_an_unseen_hospital_mode_draws_its_own_stand_ins():
-    from fedmeta.tuning.protocol import tuning_config
+def test_the_validation_draws_of_an_unseen_hospital_mode_take_their_stand_ins_in_turn():
+    from fedmeta.tuning.protocol import mean_curve, tuning_config
 
     cfg = load_config(CI, [VAL, "data.held_out=[\"hospital-05\"]"])
     drawn = [tuning_config(cfg, draw).data for draw in range(6)]
     assert all(d.excluded == ["hospital-05"] and "hospital-05" not in d.held_out for d in drawn)
     assert [d.validation_draw for d in drawn] == list(range(6))
-    assert len({tuple(d.held_out) for d in drawn}) > 1
+    # Four training hospitals, one stand-in per draw: four draws judge on four different hospitals.
+    assert len({d.held_out[0] for d in drawn[:4]}) == 4 and drawn[4].held_out == drawn[0].held_out
+    two = [tuning_config(load_config(CI, [VAL, "data.held_out=[\"hospital-05\"]", "tune.validation_hospitals=2"]),
+                         draw).data.held_out for draw in range(2)]
+    assert len(set(two[0]) | set(two[1])) == 4
+    # Draws count by the pairs their scores compared.
+    assert mean_curve([{1: 0.9, 2: 0.5}, {1: 0.5, 2: 0.8}], [300, 100]) == (pytest.approx(0.8), 1)
+    assert mean_curve([{1: 0.9, 2: 0.5}, {1: 0.5, 2: 0.8}]) == (pytest.approx(0.7), 1)
 
 
 def _write_csvs(directory: Path, *, garbage: bool) -> None:

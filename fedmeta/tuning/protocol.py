@@ -9,8 +9,11 @@ their validation split with the same k-shot protocol. Every trial reports on ``e
 "validation"``, so no test split is ever scored.
 
 A validation split of a dozen patients is a noisy judge: with ``tune.validation_draws`` = R a trial
-runs R times, on R validation draws (and, for unseen hospitals, R draws of stand-in hospitals), and
-is scored by the mean of their validation curves.
+runs R times, on R validation draws, and is scored by the mean of their validation curves, each
+draw weighted by the pairs its score compared (as hospitals are within a draw: a stand-in whose
+validation split has one negative patient tells little and counts little). For unseen hospitals the
+draws take their stand-ins in turn from one seeded order of the training hospitals, so R draws
+judge on R different hospitals where there are that many.
 """
 
 from __future__ import annotations
@@ -54,15 +57,16 @@ def tuning_config(cfg: ExperimentConfig, draw: int = 0) -> ExperimentConfig:
         if k >= len(names):
             raise FedMetaError(f"tune.validation_hospitals: {k} of the {len(names)} training hospitals would leave "
                                "none to train")
-        rng = np.random.default_rng([cfg.seed, 65_537] + ([draw] if draw else []))
-        stand_ins = sorted(str(n) for n in rng.choice(names, size=k, replace=False))
+        order = np.random.default_rng([cfg.seed, 65_537]).permutation(len(names))
+        stand_ins = sorted(str(names[order[(draw * k + i) % len(names)]]) for i in range(k))
         settings |= {"data.held_out": stand_ins, "data.excluded": excluded}
     return with_settings(cfg, settings, "tune")
 
 
 def validation_curve(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_address: str,
-                     on_validation: Callable[[int, float], bool]) -> dict[int, float]:
-    """The trial's validation AUC per round (a baseline has one score, at round 0)."""
+                     on_validation: Callable[[int, float], bool]) -> tuple[dict[int, float], int]:
+    """The trial's validation score per round (a baseline has one score, at round 0), and the pairs
+    that score compared (``Task.pairs`` summed over the scored hospitals)."""
     from fedmeta.compare import BASELINES, COMPARED, counted
     from fedmeta.data.sources import load_federation
     from fedmeta.evaluation import NonFiniteModelError
@@ -70,10 +74,11 @@ def validation_curve(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_add
 
     try:
         if name in BASELINES:
-            score = validation_score(list(counted(BASELINES[name](load_federation(cfg), cfg)).values()))
+            rows = counted(BASELINES[name](load_federation(cfg), cfg))
+            score = validation_score(list(rows.values()))
             if score is None:
                 raise TrialFailed("a hospital has no validation score")
-            return {0: float(score)}
+            return {0: float(score)}, _pairs(rows)
         run_cfg = with_settings(cfg, {"meta.algorithm": COMPARED[name]}, "tune")
         results = simulate(run_cfg, run_dir, progress=False, ray_address=ray_address, on_validation=on_validation)
     except (FedMetaError, NonFiniteModelError) as err:
@@ -81,15 +86,20 @@ def validation_curve(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_add
     curve = {int(r): float(v) for r, v in results["validation_score"].items()}
     if not curve:
         raise TrialFailed("no round has a validation score (every evaluation failed: diverged?)")
-    return curve
+    return curve, _pairs(counted(results["final"]))
 
 
-def mean_curve(curves: list[dict[int, float]]) -> tuple[float, int]:
-    """The best mean validation AUC over the rounds every draw scored, and that round (ties: the
-    earlier one)."""
+def _pairs(rows: dict[str, dict[str, Any]]) -> int:
+    return int(sum(r.get("val_pairs", 0) for r in rows.values()))
+
+
+def mean_curve(curves: list[dict[int, float]], pairs: list[int] | None = None) -> tuple[float, int]:
+    """The best mean validation score over the rounds every draw scored, each draw weighted by its
+    ``pairs`` (default: equally), and that round (ties: the earlier one)."""
     rounds = sorted(set.intersection(*(set(c) for c in curves)))
     if not rounds:
         raise TrialFailed("the validation draws share no scored round")
-    mean = {r: float(np.mean([c[r] for c in curves])) for r in rounds}
+    weights = np.asarray(pairs if pairs and sum(pairs) > 0 else [1] * len(curves), dtype=float)
+    mean = {r: float(np.average([c[r] for c in curves], weights=weights)) for r in rounds}
     best = max(rounds, key=lambda r: (mean[r], -r))
     return mean[best], best

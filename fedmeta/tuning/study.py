@@ -18,6 +18,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedmeta.config import ExperimentConfig, config_toml, same_config, with_settings
 from fedmeta.errors import FedMetaError
 from fedmeta.tuning.protocol import TrialFailed, mean_curve, tuning_config, validation_curve
@@ -50,7 +52,12 @@ def _open_study(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool) -
         raise FedMetaError(f"--resume {out_dir}: that study tuned {study.user_attrs.get('algorithm')!r} with another "
                            "config; resume with the same algorithm and config")
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # killed mid-trial
+        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted")  # killed mid-trial: run again
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    # The sampler continues from what the study holds: seeded as a fresh study would be, it would draw
+    # the same first candidates again.
+    study.sampler = optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([cfg.seed, len(study.trials)])
+                                                        .generate_state(1)[0]))
     return study
 
 
@@ -73,7 +80,7 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
     bases = [tuning_config(cfg, draw) for draw in range(cfg.tune.validation_draws)]
     with_settings(bases[0], fixed, "tune.space")  # a fixed value that cannot run fails before any trial
     study = _open_study(cfg, name, out_dir, resume)
-    done = [t for t in study.trials if t.state.is_finished()]
+    done = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get("error") != "interrupted"]
     t0 = time.perf_counter()
 
     def objective(trial: optuna.Trial) -> float:
@@ -90,16 +97,19 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
         def ignore(server_round: int, auc: float) -> bool:
             return False
 
-        curves = []
+        curves, pairs = [], []
         try:
             for draw, base in enumerate(bases):  # the pruner watches the first draw
                 trial_cfg = with_settings(base, values, f"trial {trial.number}")
                 run_dir = out_dir / "trials" / f"{trial.number:04d}" / (f"draw-{draw}" if len(bases) > 1 else "")
-                curves.append(validation_curve(name, trial_cfg, run_dir, ray_address=address,
-                                               on_validation=ignore if draw else report))
+                curve, compared = validation_curve(name, trial_cfg, run_dir, ray_address=address,
+                                                   on_validation=ignore if draw else report)
+                curves.append(curve)
+                pairs.append(compared)
                 if pruned:
+                    trial.set_user_attr("pruned_round", pruned[0])
                     raise optuna.TrialPruned(f"pruned after round {pruned[0]}")
-            score, best_round = mean_curve(curves)
+            score, best_round = mean_curve(curves, pairs)
         except (FedMetaError, TrialFailed) as err:
             trial.set_user_attr("error", str(err))
             raise TrialFailed(str(err)) from None
@@ -108,6 +118,8 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = f"validation {label} {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            value = f"pruned after round {trial.user_attrs.get('pruned_round', '?')}"
         if trial.state == optuna.trial.TrialState.FAIL:
             value += f": {trial.user_attrs.get('error', '')}"
         try:
@@ -151,7 +163,8 @@ def _write_outputs(study: Any, cfg: ExperimentConfig, name: str, out_dir: Path, 
         best_cfg = with_settings(best_cfg, {"data.validation_fraction": 0.0}, "best.toml")
     (out_dir / "best.toml").write_text(config_toml(best_cfg), encoding="utf-8")
     _plot_history(study, out_dir / "history.png", name, metric_label(build_task(cfg.task).primary))
-    states = [t.state.name.lower() for t in study.trials]
+    states = [t.state.name.lower() if t.user_attrs.get("error") != "interrupted" else "interrupted"
+              for t in study.trials]
     summary = {"algorithm": name, "trials": trials, "completed": states.count("complete"),
                "pruned": states.count("pruned"), "failed": states.count("fail"),
                "best": {"trial": best.number, "validation_score": best.value, "settings": settings,
