@@ -72,6 +72,40 @@ def test_each_record_is_clipped_and_summed_into_its_own_episode(kind):
             torch.testing.assert_close(got[k][e], total[k] / len(y), rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.parametrize("secure_mode", [False, True])
+def test_a_release_equals_opacus_dp_optimizer_on_the_same_records_and_noise(secure_mode):
+    """Same sample, same noise generator: the vectorised release of one episode gives the numbers of
+    Opacus' DPOptimizer on a python loop's per-record gradients."""
+    from opacus.optimizers import DPOptimizer
+
+    model, x, y = _model_and_data(n=50)
+    m, c, sigma, q = 1, 0.3, 0.9, 0.3
+    params = _episode_params(model, m)
+    release = PerRecordRelease(model, x, y, task=BinaryTask(), shapes={k: v[0] for k, v in params.items()}, episodes=m,
+                               sample_rate=q, sigma=sigma, max_grad_norm=c,
+                               generator=torch.Generator().manual_seed(7), secure_mode=secure_mode)
+    got = release.release(params, np.random.default_rng(3))
+    idx, mask = release._sample(np.random.default_rng(3))  # the samples the release drew
+    generator = torch.Generator().manual_seed(7)
+    for e in range(m):
+        slot = {k: nn.Parameter(torch.zeros_like(v[e])) for k, v in params.items()}
+        opt = DPOptimizer(torch.optim.SGD(list(slot.values()), lr=0.0), noise_multiplier=sigma, max_grad_norm=c,
+                          expected_batch_size=q * len(y), loss_reduction="mean", generator=generator,
+                          secure_mode=secure_mode)
+        rows = {k: [] for k in slot}
+        for i in idx[e][mask[e]].tolist():
+            p = {k: v[e].clone().requires_grad_() for k, v in params.items()}
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                torch.func.functional_call(model, p, (x[i:i + 1],)), y[i:i + 1])
+            for k, g in zip(p, torch.autograd.grad(loss, list(p.values()))):
+                rows[k].append(g)
+        for k, v in slot.items():
+            v.grad_sample = torch.stack(rows[k])
+        opt.pre_step()
+        for k, v in slot.items():
+            torch.testing.assert_close(got[k][e], v.grad, rtol=1e-9, atol=1e-12)
+
+
 def test_noise_is_sigma_c_over_the_expected_sample_and_independent_per_episode():
     model, x, y = _model_and_data(n=40)
     m, c, sigma, q = 2, 0.5, 1.3, 0.25
@@ -80,7 +114,7 @@ def test_noise_is_sigma_c_over_the_expected_sample_and_independent_per_episode()
                                sigma=sigma,
                                max_grad_norm=c, generator=torch.Generator().manual_seed(0), secure_mode=False)
     # Zero per-record gradients: what comes out is the noise alone, scaled by 1 / (q n).
-    release._record_gradients = lambda params, idx, mask: {"w": torch.zeros(idx.numel(), 100_000,
+    release._record_gradients = lambda params, idx, mask: {"w": torch.zeros(*idx.shape, 100_000,
                                                                               dtype=torch.float64)}
     noise = release.release(big, np.random.default_rng(0))["w"] * (q * len(y))
     for e in range(m):

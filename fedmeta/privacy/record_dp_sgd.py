@@ -2,30 +2,46 @@
 
 Every data-touching step is its own release. For each of ``m`` episodes at once: a FRESH Poisson
 sample of the hospital's records (rate ``q``), the loss gradient of each sampled record at that
-episode's current weights, clipped to ``C`` by Opacus' ``DPOptimizer``, summed, Gaussian noise of
-std ``sigma * C`` added, divided by the expected sample size ``q * n`` (a constant).
+episode's current weights, clipped to ``C``, summed, Gaussian noise of std ``sigma * C`` added,
+divided by the expected sample size ``q * n`` (a constant).
 
 One record changes one episode's sum by at most ``C`` (it is in that sample or not), so each
 episode's release is a subsampled Gaussian mechanism with multiplier ``sigma``; the ``m`` releases
 of a step use independent samples and are counted as ``m`` releases. Samples are padded to the
 largest of the step, never cut, so no record can displace another.
 
-Each episode has its own ``DPOptimizer`` (its own parameter slot), so clipping, summing and noise
-are Opacus' and the noise is independent across episodes.
+All episodes and records are computed at once: per-record gradients with ``torch.func`` (a vmap
+over episodes of a vmap over their records), clipping and summing as tensor operations with
+Opacus' ``DPOptimizer`` formulas (its ``1e-6`` in the clip factor, the flat norm over all
+parameters), and the noise drawn by Opacus' own generator function (secure mode included), one
+draw per parameter for all episodes. With one episode and the same generator the release equals
+Opacus' ``DPOptimizer``; with several, each episode's noise is independent with std ``sigma * C``
+(``tests/test_privacy_per_record.py`` holds both).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
-from fedmeta.meta.functional import Params, episode_losses
-from fedmeta.tasks import Task
+from fedmeta.meta.functional import Params
 from fedmeta.privacy.canaries import GradientCanaries
+from fedmeta.tasks import Task
 
-__all__ = ["PerRecordRelease"]
+__all__ = ["PerRecordRelease", "clip_and_sum"]
+
+
+def clip_and_sum(per_record: Params, clip: float) -> Params:
+    """``sum_i min(1, C / (|g_i| + 1e-6)) g_i`` per episode, ``|g_i|`` the norm of record ``i``'s
+    gradient over all parameters (Opacus' ``clip_and_accumulate``); ``per_record[k]``: ``(m, r, *shape)``."""
+    first = next(iter(per_record.values()))
+    m, r = first.shape[:2]
+    norms = torch.stack([g.reshape(m, r, -1).norm(2, dim=-1) for g in per_record.values()], dim=-1).norm(2, dim=-1)
+    factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+    return {k: torch.einsum("er,er...->e...", factor.to(g.dtype), g) for k, g in per_record.items()}
 
 
 class PerRecordRelease:
@@ -39,14 +55,15 @@ class PerRecordRelease:
         self.model, self.x, self.y, self.task = model, x, y, task
         self.n, self.m, self.q, self.clip = len(y), episodes, sample_rate, max_grad_norm
         self.shapes = {k: v.shape for k, v in shapes.items()}
-        self.slots = [{k: nn.Parameter(torch.zeros_like(v)) for k, v in shapes.items()} for _ in range(episodes)]
-        self.optimizers = [
-            DPOptimizer(torch.optim.SGD(list(slot.values()), lr=0.0),
-                        noise_multiplier=sigma * noise_scale, max_grad_norm=max_grad_norm,
-                        expected_batch_size=sample_rate * self.n, loss_reduction="mean",
-                        generator=generator, secure_mode=secure_mode)
-            for slot in self.slots
-        ]
+        self.std = sigma * noise_scale * max_grad_norm
+        self.generator, self.secure_mode = generator, secure_mode
+
+        def record_loss(params: Params, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            outputs = functional_call(model, params, (x.unsqueeze(0),))
+            return weight * task.example_losses(outputs, y.unsqueeze(0)).sum()
+
+        # Outer vmap: each episode's weights and its sample; inner: each record of the sample.
+        self._gradients = vmap(vmap(grad(record_loss), in_dims=(None, 0, 0, 0)))
 
     def _sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Record indices ``(m, width)`` of independent Poisson samples and their 0/1 mask."""
@@ -61,65 +78,50 @@ class PerRecordRelease:
         return torch.as_tensor(idx, device=device), torch.as_tensor(mask, device=device)
 
     def _record_gradients(self, params: Params, idx: torch.Tensor, mask: torch.Tensor) -> Params:
-        """Each sampled record's gradient ``{k: (m * width, *shape)}`` (zeros for padding)."""
-        width = idx.shape[1]
-        copies = {k: v.detach().repeat_interleave(width, 0).requires_grad_() for k, v in params.items()}
-        x, y = self.x[idx.reshape(-1)][:, None, :], self.y[idx.reshape(-1)][:, None]
+        """Each sampled record's gradient ``{k: (m, width, *shape)}`` (zeros for padding)."""
+        weights = {k: v.detach() for k, v in params.items()}
         with torch.enable_grad():
-            losses = episode_losses(self.model, copies, x, y, self.task)
-            grads = torch.autograd.grad((losses * mask.reshape(-1)).sum(), list(copies.values()))
-        return {k: g.contiguous() for k, g in zip(copies, grads)}
+            grads = self._gradients(weights, self.x[idx], self.y[idx], mask.to(self.x.dtype))
+        return {k: g.detach() for k, g in grads.items()}
 
-    def _canary_rows(self, canaries: GradientCanaries, rng: np.random.Generator, like: torch.Tensor
-                     ) -> list[Params]:
-        """This step's sampled "in" canaries as records of gradient ``C * e_j``, per episode."""
+    def _canary_rows(self, canaries: GradientCanaries, rng: np.random.Generator, like: torch.Tensor) -> Params:
+        """This step's sampled "in" canaries as records of gradient ``C * e_j`` ``{k: (m, c, *shape)}``,
+        each episode's padded with zero rows (which clipping and summing leave out)."""
         members = canaries.coords[canaries.included]
         hits = rng.uniform(size=(self.m, len(members))) < self.q
         n_params = sum(int(np.prod(s)) for s in self.shapes.values())
-        out = []
+        width = max(1, int(hits.sum(1).max(initial=0)))
+        flat = torch.zeros(self.m, width, n_params, dtype=like.dtype, device=like.device)
         for e in range(self.m):
-            chosen = members[hits[e]]
-            flat = torch.zeros(len(chosen), n_params, dtype=like.dtype, device=like.device)
-            flat[torch.arange(len(chosen)), torch.as_tensor(chosen, dtype=torch.long)] = self.clip
-            rows, offset = {}, 0
-            for k, shape in self.shapes.items():
-                size = int(np.prod(shape))
-                rows[k] = flat[:, offset:offset + size].reshape(len(chosen), *shape)
-                offset += size
-            out.append(rows)
-        return out
+            chosen = torch.as_tensor(members[hits[e]], dtype=torch.long)
+            flat[e, torch.arange(len(chosen)), chosen] = self.clip
+        rows, offset = {}, 0
+        for k, shape in self.shapes.items():
+            size = int(np.prod(shape))
+            rows[k] = flat[:, :, offset:offset + size].reshape(self.m, width, *shape)
+            offset += size
+        return rows
+
+    def _noise(self, like: Params) -> Params:
+        return {k: _generate_noise(self.std, like[k], self.generator, self.secure_mode) for k in self.shapes}
 
     def release(self, params: Params, rng: np.random.Generator,
                 canaries: GradientCanaries | None = None) -> Params:
         """Noised mean gradient of each episode ``{k: (m, *shape)}`` at its weights ``params[k][e]``."""
         idx, mask = self._sample(rng)
-        width = idx.shape[1]
         per_record = self._record_gradients(params, idx, mask)
-        extra = self._canary_rows(canaries, rng, next(iter(per_record.values()))) if canaries is not None else None
-        out: dict[str, list[torch.Tensor]] = {k: [] for k in self.shapes}
-        for e, (slot, optimizer) in enumerate(zip(self.slots, self.optimizers)):
-            for k, p in slot.items():
-                rows = per_record[k][e * width:(e + 1) * width]
-                p.grad_sample = rows if extra is None else torch.cat([rows, extra[e][k]])
-            optimizer.pre_step()
-            if not all(bool(torch.isfinite(p.grad).all()) for p in slot.values()):
-                # A non-finite record gradient (diverged weights): release again with such records
-                # contributing zero, a function of each record alone. Fresh noise; the first draw is discarded.
-                optimizer.zero_grad(set_to_none=True)
-                for k, p in slot.items():
-                    p.grad_sample = _zero_non_finite_rows(slot, per_record, k, e, width, extra)
-                optimizer.pre_step()
-            for k, p in slot.items():
-                out[k].append(p.grad.detach().clone())
-            optimizer.zero_grad(set_to_none=True)
-        return {k: torch.stack(v) for k, v in out.items()}
-
-
-def _zero_non_finite_rows(slot: dict[str, nn.Parameter], per_record: Params, key: str, e: int, width: int,
-                          extra: list[Params] | None) -> torch.Tensor:
-    rows = {k: per_record[k][e * width:(e + 1) * width] for k in slot}
-    if extra is not None:
-        rows = {k: torch.cat([rows[k], extra[e][k]]) for k in slot}
-    ok = torch.stack([torch.isfinite(r.reshape(len(r), -1)).all(1) for r in rows.values()]).all(0)
-    g = rows[key]
-    return torch.where(ok.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
+        if canaries is not None:
+            extra = self._canary_rows(canaries, rng, next(iter(per_record.values())))
+            per_record = {k: torch.cat([per_record[k], extra[k]], dim=1) for k in per_record}
+        summed = clip_and_sum(per_record, self.clip)
+        noise = self._noise(summed)
+        finite = torch.stack([torch.isfinite(v.flatten(1)).all(1) for v in summed.values()]).all(0)
+        if not bool(finite.all()):
+            # A non-finite record gradient (diverged weights): release again with such records
+            # contributing zero, a function of each record alone. Fresh noise; the first draw is discarded.
+            ok = torch.stack([torch.isfinite(g.flatten(2)).all(-1) for g in per_record.values()]).all(0)
+            rows = {k: torch.where(ok.view(*ok.shape, *([1] * (g.dim() - 2))), g, torch.zeros_like(g))
+                    for k, g in per_record.items()}
+            summed = clip_and_sum(rows, self.clip)
+            noise = self._noise(summed)
+        return {k: (summed[k] + noise[k]) / (self.q * self.n) for k in summed}
