@@ -22,7 +22,7 @@ from fedmeta.privacy.ledger import PrivacyLedger
 from fedmeta.privacy.ledger_audit import audit_ledger
 from fedmeta.privacy.plan import DP_SGD, DP_SGD_QUERY, DP_SGD_SUPPORT, EPISODE_CLIPPING, plan_privacy
 from fedmeta.privacy.record_dp_sgd import PerRecordRelease
-from fedmeta.tasks import BinaryTask
+from fedmeta.tasks import BinaryTask, MulticlassTask
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 
@@ -72,10 +72,11 @@ def test_each_record_is_clipped_and_summed_into_its_own_episode(kind):
             torch.testing.assert_close(got[k][e], total[k] / len(y), rtol=1e-6, atol=1e-10)
 
 
-@pytest.mark.parametrize("secure_mode", [False, True])
-def test_a_release_equals_opacus_dp_optimizer_on_the_same_records_and_noise(secure_mode):
-    """Same sample, same noise generator: the vectorised release of one episode gives the numbers of
-    Opacus' DPOptimizer on a python loop's per-record gradients."""
+@pytest.mark.parametrize("secure_mode, ghost", [(False, True), (True, True), (False, False)])
+def test_a_release_equals_opacus_dp_optimizer_on_the_same_records_and_noise(secure_mode, ghost):
+    """Same sample, same noise generator: the vectorised release of one episode (ghost clipping or
+    per-record gradients) gives the numbers of Opacus' DPOptimizer on a python loop's per-record
+    gradients."""
     from opacus.optimizers import DPOptimizer
 
     model, x, y = _model_and_data(n=50)
@@ -84,6 +85,8 @@ def test_a_release_equals_opacus_dp_optimizer_on_the_same_records_and_noise(secu
     release = PerRecordRelease(model, x, y, task=BinaryTask(), shapes={k: v[0] for k, v in params.items()}, episodes=m,
                                sample_rate=q, sigma=sigma, max_grad_norm=c,
                                generator=torch.Generator().manual_seed(7), secure_mode=secure_mode)
+    assert release.ghost.applies
+    release.ghost.applies = ghost
     got = release.release(params, np.random.default_rng(3))
     idx, mask = release._sample(np.random.default_rng(3))  # the samples the release drew
     generator = torch.Generator().manual_seed(7)
@@ -106,6 +109,34 @@ def test_a_release_equals_opacus_dp_optimizer_on_the_same_records_and_noise(secu
             torch.testing.assert_close(got[k][e], v.grad, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("hidden, classes", [([4, 5], 1), ([], 1), ([6], 3)])
+def test_ghost_clipping_equals_clipping_each_records_gradient(hidden, classes):
+    """Linear layers: the clipped sums from backprops and inputs equal clipping materialised per-record
+    gradients, padding included; a model with other parametrised layers takes the general path."""
+    from fedmeta.config import ModelConfig
+    from fedmeta.privacy.ghost_clipping import GhostClipping
+    from fedmeta.privacy.record_dp_sgd import clip_and_sum
+
+    torch.manual_seed(0)
+    task = BinaryTask() if classes == 1 else MulticlassTask(classes)
+    model = MLP(3, hidden, n_outputs=classes).double()
+    x = torch.randn(60, 3, dtype=torch.float64) * 4
+    y = (torch.rand(60) < 0.5).double() if classes == 1 else torch.randint(0, classes, (60,)).double()
+    m = 4
+    params = _episode_params(model, m)
+    release = PerRecordRelease(model, x, y, task=task, shapes={k: v[0] for k, v in params.items()}, episodes=m,
+                               sample_rate=0.3, sigma=0.0, max_grad_norm=0.1, generator=None, secure_mode=False)
+    idx, mask = release._sample(np.random.default_rng(0))
+    assert not bool(mask.all())  # some padding
+    expected = clip_and_sum(release._record_gradients(params, idx, mask), 0.1)
+    ghost = GhostClipping(model, task)
+    got, norms = ghost.clipped_sums(params, x[idx], y[idx], mask.double(), 0.1)
+    assert ghost.applies and float(norms.max()) > 0.5  # clipping is active
+    for k in params:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-10, atol=1e-13)
+    assert not GhostClipping(build_model(ModelConfig(kind="convnet", width=2), (1, 6, 6), seed=0), task).applies
+
+
 def test_noise_is_sigma_c_over_the_expected_sample_and_independent_per_episode():
     model, x, y = _model_and_data(n=40)
     m, c, sigma, q = 2, 0.5, 1.3, 0.25
@@ -114,6 +145,7 @@ def test_noise_is_sigma_c_over_the_expected_sample_and_independent_per_episode()
                                sigma=sigma,
                                max_grad_norm=c, generator=torch.Generator().manual_seed(0), secure_mode=False)
     # Zero per-record gradients: what comes out is the noise alone, scaled by 1 / (q n).
+    release.ghost.applies = False
     release._record_gradients = lambda params, idx, mask: {"w": torch.zeros(*idx.shape, 100_000,
                                                                               dtype=torch.float64)}
     noise = release.release(big, np.random.default_rng(0))["w"] * (q * len(y))

@@ -10,8 +10,10 @@ episode's release is a subsampled Gaussian mechanism with multiplier ``sigma``; 
 of a step use independent samples and are counted as ``m`` releases. Samples are padded to the
 largest of the step, never cut, so no record can displace another.
 
-All episodes and records are computed at once: per-record gradients with ``torch.func`` (a vmap
-over episodes of a vmap over their records), clipping and summing as tensor operations with
+All episodes and records are computed at once: for models of linear layers, the clipped sums
+without per-record gradients (``fedmeta.privacy.ghost_clipping``); for any other, per-record
+gradients with ``torch.func`` (a vmap over episodes of a vmap over their records); clipping and
+summing as tensor operations with
 Opacus' ``DPOptimizer`` formulas (its ``1e-6`` in the clip factor, the flat norm over all
 parameters), and the noise drawn by Opacus' own generator function (secure mode included), one
 draw per parameter for all episodes. With one episode and the same generator the release equals
@@ -29,6 +31,7 @@ from torch.func import functional_call, grad, vmap
 
 from fedmeta.meta.functional import Params
 from fedmeta.privacy.canaries import GradientCanaries
+from fedmeta.privacy.ghost_clipping import GhostClipping
 from fedmeta.tasks import Task
 
 __all__ = ["PerRecordRelease", "clip_and_sum"]
@@ -64,6 +67,7 @@ class PerRecordRelease:
 
         # Outer vmap: each episode's weights and its sample; inner: each record of the sample.
         self._gradients = vmap(vmap(grad(record_loss), in_dims=(None, 0, 0, 0)))
+        self.ghost = GhostClipping(model, task)
 
     def _sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Record indices ``(m, width)`` of independent Poisson samples and their 0/1 mask."""
@@ -105,13 +109,31 @@ class PerRecordRelease:
     def _noise(self, like: Params) -> Params:
         return {k: _generate_noise(self.std, like[k], self.generator, self.secure_mode) for k in self.shapes}
 
+    def _ghost_sums(self, params: Params, idx: torch.Tensor, mask: torch.Tensor, extra: Params | None
+                    ) -> Params | None:
+        """The clipped sums without per-record gradients where the model allows (``GhostClipping``);
+        None where it does not, or where a record's gradient is not finite (handled below)."""
+        if not self.ghost.applies:
+            return None
+        sums, norms = self.ghost.clipped_sums(params, self.x[idx], self.y[idx], mask.to(self.x.dtype), self.clip)
+        if not bool(torch.isfinite(norms).all()):
+            return None
+        if extra is not None:
+            sums = {k: v + clip_and_sum(extra, self.clip)[k] for k, v in sums.items()}
+        return sums
+
     def release(self, params: Params, rng: np.random.Generator,
                 canaries: GradientCanaries | None = None) -> Params:
         """Noised mean gradient of each episode ``{k: (m, *shape)}`` at its weights ``params[k][e]``."""
         idx, mask = self._sample(rng)
+        like = next(iter(params.values()))
+        extra = self._canary_rows(canaries, rng, like) if canaries is not None else None
+        summed = self._ghost_sums(params, idx, mask, extra)
+        if summed is not None:
+            noise = self._noise(summed)
+            return {k: (summed[k] + noise[k]) / (self.q * self.n) for k in summed}
         per_record = self._record_gradients(params, idx, mask)
-        if canaries is not None:
-            extra = self._canary_rows(canaries, rng, next(iter(per_record.values())))
+        if extra is not None:
             per_record = {k: torch.cat([per_record[k], extra[k]], dim=1) for k in per_record}
         summed = clip_and_sum(per_record, self.clip)
         noise = self._noise(summed)

@@ -1,0 +1,76 @@
+"""Per-record clipping without per-record gradients, for models whose parameters all sit in
+``nn.Linear`` layers applied to one row per record (fedmeta's MLP, logistic regression).
+
+A record's gradient of a linear layer is the outer product of the layer's backprop and input rows,
+``g_i a_i^T`` (and ``g_i`` for the bias), so its squared norm is ``|g_i|^2 (|a_i|^2 + 1)`` and the
+clipped sum is ``sum_i c_i g_i a_i^T``: one forward and one backward per episode, the "ghost
+clipping" of Li et al. 2022 / Opacus' fast gradient clipping. The backprops are the gradients with
+respect to a zero added to each layer's output; everything is vmapped over episodes. The sums equal
+clipping materialised per-record gradients (``tests/test_privacy_per_record.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from fedmeta.meta.functional import Params
+from fedmeta.tasks import Task
+
+__all__ = ["GhostClipping"]
+
+
+class GhostClipping:
+    def __init__(self, model: nn.Module, task: Task):
+        self.model, self.task = model, task
+        self.linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        held = {f"{name}.{p}" for name, m in self.linears.items() for p, _ in m.named_parameters(recurse=False)}
+        self.applies = bool(held) and held == {name for name, _ in model.named_parameters()}
+
+        def forward(zeros: dict[str, torch.Tensor], params: Params, x: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            inputs: dict[str, torch.Tensor] = {}
+
+            def tap(name: str):
+                def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+                    inputs[name] = args[0]
+                    return out + zeros[name]
+                return hook
+
+            handles = [m.register_forward_hook(tap(name)) for name, m in self.linears.items()]
+            try:
+                outputs = functional_call(model, params, (x,))
+            finally:
+                for h in handles:
+                    h.remove()
+            return outputs, inputs
+
+        self._forward = vmap(forward)
+
+    def clipped_sums(self, params: Params, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                     clip: float) -> tuple[Params, torch.Tensor]:
+        """Per episode, ``sum_i min(1, C / (|grad_i| + 1e-6)) grad_i`` over its records ``x[e]``
+        (``weight`` 0 for padding), and the records' gradient norms ``(m, width)``."""
+        m, width = x.shape[:2]
+        zeros = {name: torch.zeros(m, width, layer.out_features, dtype=x.dtype, device=x.device, requires_grad=True)
+                 for name, layer in self.linears.items()}
+        with torch.enable_grad():
+            outputs, inputs = self._forward(zeros, {k: v.detach() for k, v in params.items()}, x)
+            loss = (weight * self.task.example_losses(outputs, y)).sum()
+            backprops = dict(zip(zeros, torch.autograd.grad(loss, list(zeros.values()))))
+        inputs = {k: v.detach() for k, v in inputs.items()}
+        norm2 = torch.zeros(m, width, dtype=x.dtype, device=x.device)
+        for name, layer in self.linears.items():
+            g2 = backprops[name].pow(2).sum(-1)
+            norm2 = norm2 + g2 * inputs[name].pow(2).sum(-1) + (g2 if layer.bias is not None else 0)
+        norms = norm2.sqrt()
+        factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+        sums: Params = {}
+        for name, layer in self.linears.items():
+            g = backprops[name] * factor[..., None]
+            prefix = f"{name}." if name else ""
+            sums[prefix + "weight"] = torch.einsum("ewo,ewi->eoi", g, inputs[name])
+            if layer.bias is not None:
+                sums[prefix + "bias"] = g.sum(1)
+        return {k: sums[k] for k in params}, norms
