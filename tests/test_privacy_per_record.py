@@ -131,6 +131,8 @@ def test_ghost_clipping_equals_clipping_each_records_gradient(hidden, classes):
     expected = clip_and_sum(release._record_gradients(params, idx, mask), 0.1)
     ghost = GhostClipping(model, task)
     got, norms = ghost.clipped_sums(params, x[idx], y[idx], mask.double(), 0.1)
+    # A linear layer over several rows per record (a sequence) is left to per-record gradients.
+    assert ghost.clipped_sums(params, x[idx][:, :, None, :].expand(-1, -1, 2, -1), y[idx], mask.double(), 0.1) is None
     assert ghost.applies and float(norms.max()) > 0.5  # clipping is active
     for k in params:
         torch.testing.assert_close(got[k], expected[k], rtol=1e-10, atol=1e-13)

@@ -35,7 +35,7 @@ class GhostClipping:
             def tap(name: str):
                 def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
                     inputs[name] = args[0]
-                    return out + zeros[name]
+                    return out + zeros[name] if out.shape == zeros[name].shape else out
                 return hook
 
             handles = [m.register_forward_hook(tap(name)) for name, m in self.linears.items()]
@@ -49,14 +49,18 @@ class GhostClipping:
         self._forward = vmap(forward)
 
     def clipped_sums(self, params: Params, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                     clip: float) -> tuple[Params, torch.Tensor]:
+                     clip: float) -> tuple[Params, torch.Tensor] | None:
         """Per episode, ``sum_i min(1, C / (|grad_i| + 1e-6)) grad_i`` over its records ``x[e]``
-        (``weight`` 0 for padding), and the records' gradient norms ``(m, width)``."""
+        (``weight`` 0 for padding), and the records' gradient norms ``(m, width)``. None when a
+        layer sees more than one row per record (a sequence): its record gradient is then a sum of
+        outer products, whose norm this does not give."""
         m, width = x.shape[:2]
         zeros = {name: torch.zeros(m, width, layer.out_features, dtype=x.dtype, device=x.device, requires_grad=True)
                  for name, layer in self.linears.items()}
         with torch.enable_grad():
             outputs, inputs = self._forward(zeros, {k: v.detach() for k, v in params.items()}, x)
+            if any(v.dim() != 3 for v in inputs.values()):
+                return None
             loss = (weight * self.task.example_losses(outputs, y)).sum()
             backprops = dict(zip(zeros, torch.autograd.grad(loss, list(zeros.values()))))
         inputs = {k: v.detach() for k, v in inputs.items()}

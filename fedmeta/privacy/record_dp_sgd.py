@@ -115,9 +115,10 @@ class PerRecordRelease:
         None where it does not, or where a record's gradient is not finite (handled below)."""
         if not self.ghost.applies:
             return None
-        sums, norms = self.ghost.clipped_sums(params, self.x[idx], self.y[idx], mask.to(self.x.dtype), self.clip)
-        if not bool(torch.isfinite(norms).all()):
+        ghost = self.ghost.clipped_sums(params, self.x[idx], self.y[idx], mask.to(self.x.dtype), self.clip)
+        if ghost is None or not bool(torch.isfinite(ghost[1]).all()):
             return None
+        sums = ghost[0]
         if extra is not None:
             sums = {k: v + clip_and_sum(extra, self.clip)[k] for k, v in sums.items()}
         return sums
