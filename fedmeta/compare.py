@@ -125,12 +125,18 @@ def claim_plan(out_dir: Path, plan: dict[str, Any], resume: bool) -> None:
     before = json.loads(path.read_text(encoding="utf-8"))
     if same_config(json.dumps(before.get("config")), config_from_json(json.dumps(plan["config"]))):
         before["config"] = plan["config"]
+    # More algorithms than before: the finished units stay, the new algorithms run on the same folds and seeds.
+    extended = set(before.get("algorithms", [])) < set(plan["algorithms"])
+    if extended:
+        before["algorithms"] = plan["algorithms"]
     differ = [k for k in plan if before.get(k) != plan[k]]
     if differ:
         shown = {"config": "config (or --set)", "tune": "--tune"}
         what = ", ".join(shown.get(k, f"--{k}") for k in differ)
         raise FedMetaError(f"--resume {out_dir}: that comparison ran with another {what}; resume with the same "
-                           "config, --set, --algorithms, --seeds and --tune")
+                           "config, --set, --seeds and --tune, and its --algorithms or more")
+    if extended:
+        _write_atomically(path, json.dumps(plan, indent=2) + "\n")
 
 
 # Tunes one compared name for one (seed, fold) config into a directory: (best config, tune summary).

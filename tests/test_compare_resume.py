@@ -64,9 +64,23 @@ def test_a_resume_with_other_arguments_or_without_a_comparison_is_refused(tmp_pa
     lines = capsys.readouterr().err.strip().splitlines()[-3:]
     assert lines == [
         f"fedmeta: error: --resume {out}: that comparison ran with another --seeds; resume with the same config, "
-        "--set, --algorithms, --seeds and --tune",
+        "--set, --seeds and --tune, and its --algorithms or more",
         f"fedmeta: error: --resume {out}: that comparison ran with another config (or --set); resume with the same "
-        "config, --set, --algorithms, --seeds and --tune",
+        "config, --set, --seeds and --tune, and its --algorithms or more",
         f"fedmeta: error: --resume {tmp_path / 'none'}: no plan.json there; nothing to resume",
     ]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_resume_with_more_algorithms_keeps_the_finished_ones_and_runs_the_new(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", CI, "--algorithms", "local", "--seeds", "0", "1", "--quiet", "--out", str(out)]) == 0
+    kept = {p: p.read_bytes() for p in (out / "units").rglob("*.json")}
+    assert main([*ARGS, "--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished before, kept") == 2 and "[3/4] pooled, seed 0\n" in err
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    assert json.loads((out / "plan.json").read_text())["algorithms"] == ["local", "pooled"]
+    assert set(_table(out)) == {"local", "pooled"} and "paired" in _table(out)["pooled"]
+    # Fewer than before is another comparison.
+    assert main(["compare", CI, "--algorithms", "pooled", "--seeds", "0", "1", "--quiet", "--resume", str(out)]) == 2
