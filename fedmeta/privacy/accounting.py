@@ -11,9 +11,12 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
+
+# Opacus is imported where it is used: a hospital that trains without DP never loads it.
 
 # Opacus' RDP warns when the best order is its largest alpha: the bound is still valid (only looser),
 # and the warning would break the one-line contract of the CLI.
@@ -36,6 +39,8 @@ class Mechanism:
 
 def make_accountant(name: str, history: Iterable[Mechanism] = ()) -> IAccountant:
     """An Opacus accountant (``prv`` or ``rdp``) that has seen ``history``."""
+    from opacus.accountants import create_accountant
+
     accountant = create_accountant(mechanism=name)
     # Composition does not depend on the order of the releases, so every release with the same
     # (sigma, q) is one entry with the steps summed (Opacus merges only consecutive ones). PRV's cost
@@ -67,5 +72,7 @@ def default_delta(n_records: int) -> float:
 def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                                accountant: str) -> float:
     """The sigma that reaches ``target_epsilon`` after ``steps`` releases (Opacus' bisection)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
                                       sample_rate=sample_rate, steps=steps, accountant=accountant))

@@ -12,7 +12,6 @@ large for any useful noise level: this mode protects whole hospitals only in lar
 from __future__ import annotations
 
 import torch
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedmeta.meta.functional import Params
@@ -26,6 +25,8 @@ CLIENT_DELTA = 1e-5  # the default delta of hospital-level DP
 def privatize_update(update: Params, *, sigma: float, clip_norm: float, generator: torch.Generator | None,
                      secure_mode: bool) -> Params:
     """``clip(update, S) + N(0, (sigma S)^2)``, computed by Opacus."""
+    from opacus.optimizers import DPOptimizer  # here: a run without DP does not load Opacus
+
     params = {k: nn.Parameter(torch.zeros_like(v)) for k, v in update.items()}
     opt = DPOptimizer(torch.optim.SGD(list(params.values()), lr=1.0), noise_multiplier=sigma,
                       max_grad_norm=clip_norm, expected_batch_size=1, loss_reduction="sum",

@@ -11,7 +11,6 @@ accountant is told ``sigma``. See docs/privacy.md.
 from __future__ import annotations
 
 import torch
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedmeta.meta.functional import Params
@@ -28,6 +27,8 @@ class RecordLevelDPStep:
     def __init__(self, params: Params, *, sigma: float, max_grad_norm: float, episodes: int, lr: float,
                  generator: torch.Generator | None = None, secure_mode: bool = False,
                  noise_scale: float = 1.0):
+        from opacus.optimizers import DPOptimizer  # here: a run without DP does not load Opacus
+
         self.params = {k: nn.Parameter(v.detach().clone()) for k, v in params.items()}
         self.sigma = sigma
         self.optimizer = DPOptimizer(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -107,6 +106,8 @@ class PerRecordRelease:
         return rows
 
     def _noise(self, like: Params) -> Params:
+        from opacus.optimizers.optimizer import _generate_noise  # here: a run without DP does not load Opacus
+
         return {k: _generate_noise(self.std, like[k], self.generator, self.secure_mode) for k in self.shapes}
 
     def _ghost_sums(self, params: Params, idx: torch.Tensor, mask: torch.Tensor, extra: Params | None
