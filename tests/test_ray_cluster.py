@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedmeta.cli import main
 from fedmeta.ray_session import cluster_processes, free_ports, stop_cluster
@@ -48,6 +49,9 @@ def ray_cluster():
 def test_the_simulation_runs_on_an_existing_two_node_ray_cluster(ray_cluster, tmp_path):
     address, temp_dir = ray_cluster
     out = tmp_path / "run"
+    # Another run on the cluster first, as in a comparison or a tune: it leaves nothing behind that the next sees.
+    assert main(["simulate", CI, "--ray-address", address, "--out", str(tmp_path / "other"), "--set", "seed=1",
+                 "--set", "meta.algorithm='reptile'", "--quiet"]) == 0
     assert main(["simulate", CI, "--ray-address", address, "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
     runtime = res["runtime"]
@@ -60,6 +64,18 @@ def test_the_simulation_runs_on_an_existing_two_node_ray_cluster(ray_cluster, tm
     # One hospital actor per CPU of the cluster: more than the head has, so the second node ran some.
     assert len(list(logs.glob(f"worker-*-{runtime['job_id']}-*.out"))) == 3
     assert res["rounds_completed"] == 3 and len(res["final"]) == 5
+    # ... and the run equals the same run alone, without Ray: the ServerApp and ClientApps in this process.
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from in_process_grid import NODES, run_server_app
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    alone = tmp_path / "alone"
+    run_server_app({"config-file": CI, "out-dir": str(alone)}, first_id=10,
+                   nodes=[{**n, "ledger": str(tmp_path / "ledgers" / f"{i}.sqlite")} for i, n in enumerate(NODES)])
+    shared, single = torch.load(out / "model.pt"), torch.load(alone / "model.pt")
+    assert all(torch.equal(shared[k], single[k]) for k in single)
+    assert res["final"] == json.loads((alone / "results.json").read_text())["final"]
 
 
 def test_an_address_where_no_cluster_answers_is_one_line(tmp_path, capsys, monkeypatch):
