@@ -1,5 +1,5 @@
 """Few-shot evaluation: adapt an initialisation on k shots per class of a hospital's train split,
-score on its test (or validation) split (scikit-learn AUC and accuracy), averaged over several
+score on its test (or validation) split (the task's metrics), averaged over several
 k-shot draws."""
 
 from __future__ import annotations
