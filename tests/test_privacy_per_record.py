@@ -138,6 +138,19 @@ def test_ghost_clipping_equals_clipping_each_records_gradient(hidden, classes):
         torch.testing.assert_close(got[k], expected[k], rtol=1e-10, atol=1e-13)
     assert not GhostClipping(build_model(ModelConfig(kind="convnet", width=2), (1, 6, 6), seed=0), task).applies
 
+    class Twice(nn.Module):  # one linear layer applied twice: each record's gradient is two outer products
+        def __init__(self):
+            super().__init__()
+            self.square, self.out = nn.Linear(3, 3), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.square(torch.relu(self.square(x))))).squeeze(-1)
+
+    twice = Twice().double()
+    shared = {k: v.detach()[None].expand(2, *v.shape).clone() for k, v in twice.named_parameters()}
+    assert GhostClipping(twice, BinaryTask()).clipped_sums(shared, x[idx[:2]], y[idx[:2]], mask[:2].double(),
+                                                           0.1) is None
+
 
 def test_noise_is_sigma_c_over_the_expected_sample_and_independent_per_episode():
     model, x, y = _model_and_data(n=40)

@@ -20,6 +20,8 @@ from fedmeta.tasks import Task
 
 __all__ = ["GhostClipping"]
 
+REUSED = "\0reused"  # marks a linear layer the forward called more than once
+
 
 class GhostClipping:
     def __init__(self, model: nn.Module, task: Task):
@@ -34,6 +36,9 @@ class GhostClipping:
 
             def tap(name: str):
                 def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+                    if name in inputs:  # a layer applied twice: a record's gradient is a sum of two outer products
+                        inputs[REUSED] = args[0]
+                        return out
                     inputs[name] = args[0]
                     return out + zeros[name] if out.shape == zeros[name].shape else out
                 return hook
@@ -52,14 +57,14 @@ class GhostClipping:
                      clip: float) -> tuple[Params, torch.Tensor] | None:
         """Per episode, ``sum_i min(1, C / (|grad_i| + 1e-6)) grad_i`` over its records ``x[e]``
         (``weight`` 0 for padding), and the records' gradient norms ``(m, width)``. None when a
-        layer sees more than one row per record (a sequence): its record gradient is then a sum of
-        outer products, whose norm this does not give."""
+        layer sees more than one row per record (a sequence) or runs more or less than once: a
+        record's gradient is then not one outer product, and this norm would not be its norm."""
         m, width = x.shape[:2]
         zeros = {name: torch.zeros(m, width, layer.out_features, dtype=x.dtype, device=x.device, requires_grad=True)
                  for name, layer in self.linears.items()}
         with torch.enable_grad():
             outputs, inputs = self._forward(zeros, {k: v.detach() for k, v in params.items()}, x)
-            if any(v.dim() != 3 for v in inputs.values()):
+            if REUSED in inputs or set(inputs) != set(self.linears) or any(v.dim() != 3 for v in inputs.values()):
                 return None
             loss = (weight * self.task.example_losses(outputs, y)).sum()
             backprops = dict(zip(zeros, torch.autograd.grad(loss, list(zeros.values()))))
