@@ -151,6 +151,16 @@ def test_ghost_clipping_equals_clipping_each_records_gradient(hidden, classes):
     assert GhostClipping(twice, BinaryTask()).clipped_sums(shared, x[idx[:2]], y[idx[:2]], mask[:2].double(),
                                                            0.1) is None
 
+    class Centred(nn.Module):  # linear layers only, but the forward mixes the batch's records
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.lin(x - x.mean(0)).squeeze(-1)
+
+    assert not GhostClipping(Centred(), BinaryTask()).applies  # only fedmeta's MLP: each record alone
+
 
 def test_noise_is_sigma_c_over_the_expected_sample_and_independent_per_episode():
     model, x, y = _model_and_data(n=40)

@@ -1,5 +1,4 @@
-"""Per-record clipping without per-record gradients, for models whose parameters all sit in
-``nn.Linear`` layers applied to one row per record (fedmeta's MLP, logistic regression).
+"""Per-record clipping without per-record gradients, for fedmeta's MLP (and logistic regression).
 
 A record's gradient of a linear layer is the outer product of the layer's backprop and input rows,
 ``g_i a_i^T`` (and ``g_i`` for the bias), so its squared norm is ``|g_i|^2 (|a_i|^2 + 1)`` and the
@@ -7,6 +6,12 @@ clipped sum is ``sum_i c_i g_i a_i^T``: one forward and one backward per episode
 clipping" of Li et al. 2022 / Opacus' fast gradient clipping. The backprops are the gradients with
 respect to a zero added to each layer's output; everything is vmapped over episodes. The sums equal
 clipping materialised per-record gradients (``tests/test_privacy_per_record.py``).
+
+Only for a model known to treat each record alone (``fedmeta.models.MLP``: linear layers and
+ReLUs): the episode's records go through it as one batch, and a forward that mixed them (a
+statistic over the batch in a user's module) would make a record's gradient depend on the others,
+which clipping per record does not bound. Any other model takes per-record gradients, each record
+computed alone.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedmeta.meta.functional import Params
+from fedmeta.models.mlp import MLP
 from fedmeta.tasks import Task
 
 __all__ = ["GhostClipping"]
@@ -28,7 +34,8 @@ class GhostClipping:
         self.model, self.task = model, task
         self.linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
         held = {f"{name}.{p}" for name, m in self.linears.items() for p, _ in m.named_parameters(recurse=False)}
-        self.applies = bool(held) and held == {name for name, _ in model.named_parameters()}
+        self.applies = (type(model) is MLP and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in model.net)
+                        and held == {name for name, _ in model.named_parameters()})
 
         def forward(zeros: dict[str, torch.Tensor], params: Params, x: torch.Tensor
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

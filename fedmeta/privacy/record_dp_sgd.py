@@ -10,8 +10,8 @@ episode's release is a subsampled Gaussian mechanism with multiplier ``sigma``; 
 of a step use independent samples and are counted as ``m`` releases. Samples are padded to the
 largest of the step, never cut, so no record can displace another.
 
-All episodes and records are computed at once: for models of linear layers, the clipped sums
-without per-record gradients (``fedmeta.privacy.ghost_clipping``); for any other, per-record
+All episodes and records are computed at once: for fedmeta's MLP, the clipped sums without
+per-record gradients (``fedmeta.privacy.ghost_clipping``); for any other model, per-record
 gradients with ``torch.func`` (a vmap over episodes of a vmap over their records); clipping and
 summing as tensor operations with
 Opacus' ``DPOptimizer`` formulas (its ``1e-6`` in the clip factor, the flat norm over all
