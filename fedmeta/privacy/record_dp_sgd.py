@@ -121,7 +121,8 @@ class PerRecordRelease:
             return None
         sums = ghost[0]
         if extra is not None:
-            sums = {k: v + clip_and_sum(extra, self.clip)[k] for k, v in sums.items()}
+            canary_sums = clip_and_sum(extra, self.clip)
+            sums = {k: v + canary_sums[k] for k, v in sums.items()}
         return sums
 
     def release(self, params: Params, rng: np.random.Generator,
