@@ -8,21 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import MetaConfig, load_config
-from fedmeta.data.episodes import EpisodeSampler
 from fedmeta.data.sources import load_federation
 from fedmeta.evaluation import score_params
 from fedmeta.flower.client import build_client_app
 from fedmeta.flower.records import params_to_record
 from fedmeta.meta.algorithms import ALGORITHMS
 from fedmeta.meta.functional import params_of
-from fedmeta.models import MLP, build_model
+from fedmeta.models import build_model
 from fedmeta.personal_state import PersonalStore
-from fedmeta.tasks import BinaryTask, build_task
+from fedmeta.tasks import build_task
+from joined_episodes import episode_grads, small_setting
 
 CI = Path(__file__).resolve().parents[1] / "configs" / "ci.toml"
 
@@ -33,26 +32,15 @@ def _task_identity():
 
 
 def test_the_personal_update_is_sgd_pulled_towards_the_global_model():
-    torch.manual_seed(1)
-    model = MLP(5, [8]).double()
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(60, 5)), (rng.random(60) < 0.5).astype(float)
-    sampler = EpisodeSampler(x, y, task=BinaryTask(), shots=3, query=4, device=torch.device("cpu"))
+    model, sampler = small_setting()
     meta = MetaConfig(algorithm="ditto", meta_batch=2, outer_steps=3, outer_lr=0.4, ditto_lambda=0.7)
     glob = params_of(model)
     personal = {k: v + 0.1 for k, v in glob.items()}
     out = ALGORITHMS["ditto"].update_personal(model, personal, glob, sampler, meta, np.random.default_rng(3))
     draws, v = np.random.default_rng(3), dict(personal)
     for _ in range(meta.outer_steps):
-        batch = sampler.sample(meta.meta_batch, draws)
-        grads = []
-        for i in range(batch.size):
-            w = {k: t.clone().requires_grad_(True) for k, t in v.items()}
-            loss = F.binary_cross_entropy_with_logits(
-                torch.func.functional_call(model, w, (torch.cat([batch.x_support[i], batch.x_query[i]]),)),
-                torch.cat([batch.y_support[i], batch.y_query[i]]))
-            grads.append(dict(zip(w, torch.autograd.grad(loss, list(w.values())))))
-        v = {k: v[k] - meta.outer_lr * (sum(g[k] for g in grads) / batch.size + meta.ditto_lambda * (v[k] - glob[k]))
+        grads = episode_grads(model, v, sampler.sample(meta.meta_batch, draws))
+        v = {k: v[k] - meta.outer_lr * (sum(g[k] for g in grads) / len(grads) + meta.ditto_lambda * (v[k] - glob[k]))
              for k in v}
     for k in v:
         torch.testing.assert_close(out[k], v[k], rtol=1e-10, atol=1e-12)

@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.config import MetaConfig, load_config
-from fedmeta.data.episodes import EpisodeSampler
 from fedmeta.data.sources import load_federation
 from fedmeta.evaluation import score_params
 from fedmeta.flower.client import build_client_app
@@ -23,10 +21,11 @@ from fedmeta.flower.records import params_to_record
 from fedmeta.meta.algorithms import ALGORITHMS
 from fedmeta.meta.functional import params_of, per_episode_copies
 from fedmeta.meta.local_training import meta_train_locally
-from fedmeta.models import MLP, build_model
+from fedmeta.models import build_model
 from fedmeta.personal_state import PersonalStore
 from fedmeta.tasks import BinaryTask, build_task
 from in_process_grid import NODES, run_server_app
+from joined_episodes import episode_grads, small_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "configs" / "ci.toml"
@@ -38,26 +37,9 @@ def _task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
-def _episode_grads(model, params, batch) -> list[dict[str, torch.Tensor]]:
-    """Per episode, the gradient of the BCE on support and query joined, one autograd call each."""
-    out = []
-    for i in range(batch.size):
-        w = {k: t.clone().requires_grad_(True) for k, t in params.items()}
-        loss = F.binary_cross_entropy_with_logits(
-            torch.func.functional_call(model, w, (torch.cat([batch.x_support[i], batch.x_query[i]]),)),
-            torch.cat([batch.y_support[i], batch.y_query[i]]))
-        out.append(dict(zip(w, torch.autograd.grad(loss, list(w.values())))))
-    return out
-
-
 def _setting():
-    torch.manual_seed(1)
-    model = MLP(5, [8]).double()
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(60, 5)), (rng.random(60) < 0.5).astype(float)
-    sampler = EpisodeSampler(x, y, task=BinaryTask(), shots=3, query=4, device=torch.device("cpu"))
-    meta = MetaConfig(algorithm="fedrep", meta_batch=2, outer_steps=3, outer_lr=0.4, inner_lr=0.3)
-    return model, sampler, meta
+    model, sampler = small_setting()
+    return model, sampler, MetaConfig(algorithm="fedrep", meta_batch=2, outer_steps=3, outer_lr=0.4, inner_lr=0.3)
 
 
 def test_the_head_is_the_last_layer_and_trains_with_the_body_fixed():
@@ -69,7 +51,7 @@ def test_the_head_is_the_last_layer_and_trains_with_the_body_fixed():
     out = fedrep.update_personal(model, head, glob, sampler, meta, np.random.default_rng(3))
     draws, h = np.random.default_rng(3), dict(head)
     for _ in range(meta.outer_steps):
-        grads = _episode_grads(model, {**glob, **h}, sampler.sample(meta.meta_batch, draws))
+        grads = episode_grads(model, {**glob, **h}, sampler.sample(meta.meta_batch, draws))
         h = {k: h[k] - meta.inner_lr * sum(g[k] for g in grads) / len(grads) for k in h}
     assert set(out) == HEAD
     for k in HEAD:
@@ -83,7 +65,7 @@ def test_the_body_trains_with_the_kept_head_fixed():
     result = meta_train_locally(model, start, sampler, meta, np.random.default_rng(4))
     draws, p = np.random.default_rng(4), dict(start)
     for _ in range(meta.outer_steps):
-        grads = _episode_grads(model, p, sampler.sample(meta.meta_batch, draws))
+        grads = episode_grads(model, p, sampler.sample(meta.meta_batch, draws))
         p = {k: p[k] if k in HEAD else p[k] - meta.outer_lr * sum(g[k] for g in grads) / len(grads) for k in p}
     for k in p:
         torch.testing.assert_close(result.update[k], start[k] - p[k], rtol=1e-10, atol=1e-12)
