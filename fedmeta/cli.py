@@ -1,5 +1,6 @@
 """``fedmeta`` command line: ``simulate`` one federation, ``compare`` algorithms and seeds, ``tune``
-an algorithm on validation data, ``audit`` privacy ledgers, ``deploy`` credentials and ``deploy-local`` (the deployment on 127.0.0.1).
+an algorithm on validation data, ``onboard`` a new hospital, ``report`` a run, ``audit`` privacy
+ledgers, ``deploy`` credentials and ``deploy-local`` (the deployment on 127.0.0.1).
 
 User errors (bad config, bad data) print one line and exit 2 with nothing left behind.
 """
@@ -210,8 +211,11 @@ def _parser() -> argparse.ArgumentParser:
     from fedmeta.compare_command import add_compare_parser
     from fedmeta.tuning.command import add_tune_parser
 
+    from fedmeta.report_commands import add_report_parsers
+
     add_compare_parser(sub, common, _load, _default_out)
     add_tune_parser(sub, common, _load, _default_out)
+    add_report_parsers(sub, _load)
     a = sub.add_parser("audit", help="recompute and report the privacy spent in hospitals' ledgers")
     a.add_argument("ledgers", nargs="*", help="ledger files (<out>/ledgers/<hospital>.sqlite)")
     a.add_argument("--run", metavar="RUN_DIR", help="also check the ledgers against this run: the head it recorded "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ def summarise(per_hospital: dict[str, dict[str, float]], roles: dict[str, str], 
     return out
 
 
-def plot_metric(history: RunHistory, metric: str, path: Path, title: str, split: str = "test") -> None:
+def plot_metric(history: RunHistory, metric: str, path: Path | BinaryIO, title: str, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,7 +57,7 @@ def plot_metric(history: RunHistory, metric: str, path: Path, title: str, split:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -73,9 +73,11 @@ def missed_rounds(history: RunHistory) -> dict[str, list[dict[str, Any]]]:
 def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHistory, model: nn.Module,
                       timings: dict[str, float], stop_reason: str = "", resumed_from_round: int = 0,
                       runtime: dict[str, Any] | None = None,
-                      algorithm_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                      algorithm_state: dict[str, torch.Tensor] | None = None,
+                      schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """``algorithm_state``: what the algorithm learned besides the model's parameters (Meta-SGD's
-    rates), saved as ``algorithm_state.pt`` next to ``model.pt``."""
+    rates), saved as ``algorithm_state.pt`` next to ``model.pt``. ``schema``: what the hospitals'
+    data looked like (``Shape.schema``), which a new hospital's data must match to use the model."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
     final = history.final_eval()
@@ -98,6 +100,7 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
         "timings": {**timings, "round_s": [r.seconds for r in history.rounds]},
         "history": history.to_dict(),
         "runtime": runtime or {},
+        "schema": schema or {},
         "config": json.loads(cfg.to_json()),
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

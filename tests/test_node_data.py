@@ -59,6 +59,8 @@ def test_a_csv_node_reads_only_its_own_directory(tmp_path):
     assert reply.content["identity"]["hospital"] == "hospital-a"
     assert list(reply.content["sizes"]["input-shape"]) == [2]
     assert reply.content["sizes"]["num-examples"] == 42  # 70% of 60
+    # its columns: the run records them as the schema a new hospital's data must match
+    assert list(reply.content["identity"]["features"]) == ["age", "bp"]
 
 
 def test_a_node_matches_its_hospital_in_the_whole_federation(tmp_path):
@@ -74,6 +76,7 @@ def test_a_node_matches_its_hospital_in_the_whole_federation(tmp_path):
     own = load_hospital(cfg, "hospital-b", str(tmp_path / "all-dirs" / "hospital-b"))
     assert np.array_equal(own.hospital.x_train, fed.get("hospital-b").x_train)
     assert np.array_equal(own.hospital.y_test, fed.get("hospital-b").y_test)
+    assert own.features == fed.feature_names
 
 
 def test_synthetic_node_takes_its_name_from_the_node_config():

@@ -18,7 +18,7 @@ from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 from fedmeta.tasks import Task
 
-__all__ = ["load_csv_sites", "load_csv_site", "require_dir", "quote_cell", "parse_cell"]
+__all__ = ["read_table", "load_csv_sites", "load_csv_site", "require_dir", "quote_cell", "parse_cell"]
 
 
 def require_dir(cfg: DataConfig) -> Path:
@@ -72,7 +72,7 @@ def _check_header(path: Path, header: list[str], label: str) -> None:
         raise FedMetaError(f"{path}: {what} {dupes[0]!r} appears {header.count(dupes[0])} times in the header")
 
 
-def _read_one(path: Path, label: str, task: Task) -> tuple[list[str], np.ndarray, np.ndarray]:
+def read_table(path: Path, label: str, task: Task) -> tuple[list[str], np.ndarray, np.ndarray]:
     rows = _read_rows(path)
     if not rows:
         raise FedMetaError(f"{path}: file is empty")
@@ -106,7 +106,7 @@ def load_csv_sites(cfg: DataConfig, task: Task) -> tuple[list[RawSite], list[str
     sites: list[RawSite] = []
     reference: tuple[Path, list[str]] | None = None
     for path in files:
-        features, x, y = _read_one(path, cfg.label, task)
+        features, x, y = read_table(path, cfg.label, task)
         if reference is None:
             reference = (path, features)
         elif features != reference[1]:
@@ -128,5 +128,5 @@ def load_csv_site(cfg: DataConfig, task: Task, hospital: str, data_dir: Path) ->
     if not path.is_file():
         found = ", ".join(sorted(p.name for p in data_dir.glob("*.csv"))) or "none"
         raise FedMetaError(f"{path}: data file of hospital {hospital!r} not found (CSV files there: {found})")
-    features, x, y = _read_one(path, cfg.label, task)
+    features, x, y = read_table(path, cfg.label, task)
     return RawSite(name=hospital, x=x, y=y, origin=str(path)), features

@@ -19,7 +19,7 @@ from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 from fedmeta.tasks import Task
 
-__all__ = ["read_npz", "as_images", "as_labels", "load_image_sites", "load_image_site", "MEDMNIST_PARTS"]
+__all__ = ["read_image_file", "read_npz", "as_images", "as_labels", "load_image_sites", "load_image_site", "MEDMNIST_PARTS"]
 
 MEDMNIST_PARTS = ("train", "val", "test")
 
@@ -68,7 +68,7 @@ def as_labels(array: np.ndarray, where: str, n: int, task: Task) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _site(path: Path, name: str, task: Task) -> RawSite:
+def read_image_file(path: Path, name: str, task: Task) -> RawSite:
     arrays = read_npz(path)
     if "images" in arrays or "labels" in arrays:
         missing = [k for k in ("images", "labels") if k not in arrays]
@@ -102,7 +102,7 @@ def load_image_sites(cfg: DataConfig, task: Task) -> tuple[list[RawSite], list[s
     files = sorted(root.glob("*.npz"))
     if not files:
         raise FedMetaError(f"{root}: no .npz files (one per hospital: images and labels)")
-    sites = [_site(f, f.stem, task) for f in files]
+    sites = [read_image_file(f, f.stem, task) for f in files]
     shapes = {s.x.shape[1:] for s in sites}
     if len(shapes) > 1:
         raise FedMetaError(f"{root}: the hospitals' images differ in size: "
@@ -116,4 +116,4 @@ def load_image_site(task: Task, hospital: str, root: Path) -> tuple[RawSite, lis
     path = root / f"{hospital}.npz"
     if not path.is_file():
         raise FedMetaError(f"{path}: file not found (a node's data directory holds its hospital's <name>.npz)")
-    return _site(path, hospital, task), []
+    return read_image_file(path, hospital, task), []

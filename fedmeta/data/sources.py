@@ -123,19 +123,21 @@ def training_hospitals(fed: Federation, cfg: ExperimentConfig) -> list[str]:
 
 
 class OwnHospital(NamedTuple):
-    """One deployed node's hospital, its input shape and its index (seeds its local randomness)."""
+    """One deployed node's hospital, its input shape, its index (seeds its local randomness) and
+    its feature names (none for images)."""
 
     hospital: Hospital
     input_shape: tuple[int, ...]
     index: int
+    features: tuple[str, ...] = ()
 
 
-def _generated_site(cfg: ExperimentConfig, hospital: str, partition_id: int | None) -> tuple[RawSite, int]:
+def _generated_site(cfg: ExperimentConfig, hospital: str, partition_id: int | None) -> tuple[RawSite, list[str], int]:
     """A generated site by name, or by ``partition_id`` under the name the node was given."""
-    sites, _ = SOURCES[cfg.data.source](cfg)
+    sites, features = SOURCES[cfg.data.source](cfg)
     for i, site in enumerate(sites):
         if site.name == hospital:
-            return site, i
+            return site, features, i
     if partition_id is None:
         raise FedMetaError(f"node config hospital: unknown hospital {hospital!r} of the {cfg.data.source} source "
                            f"(its hospitals: {', '.join(s.name for s in sites)}; or also give partition-id)")
@@ -143,29 +145,29 @@ def _generated_site(cfg: ExperimentConfig, hospital: str, partition_id: int | No
         raise FedMetaError(f"node config partition-id: {partition_id} is out of range "
                            f"(the {cfg.data.source} source generates {len(sites)} hospitals)")
     site = sites[partition_id]
-    return RawSite(name=hospital, x=site.x, y=site.y, origin=f"{site.origin} (site {partition_id})"), partition_id
+    return RawSite(name=hospital, x=site.x, y=site.y, origin=f"{site.origin} (site {partition_id})"), features, partition_id
 
 
-def _from_shared_files(cfg: ExperimentConfig, hospital: str, root: Path) -> tuple[RawSite, int]:
+def _from_shared_files(cfg: ExperimentConfig, hospital: str, root: Path) -> tuple[RawSite, list[str], int]:
     """A node's site from files that hold every site (FLamby's TCGA-BRCA, one MedMNIST file): it keeps its own."""
-    sites, _ = SOURCES[cfg.data.source](cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(root)})}))
+    sites, features = SOURCES[cfg.data.source](cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(root)})}))
     names = [s.name for s in sites]
     if hospital not in names:
         raise FedMetaError(f"node config hospital: unknown hospital {hospital!r} of the {cfg.data.source} source "
                            f"(expected one of {', '.join(names)})")
-    return sites[names.index(hospital)], names.index(hospital)
+    return sites[names.index(hospital)], features, names.index(hospital)
 
 
 def _stable_index(hospital: str) -> int:
     return zlib.crc32(hospital.encode()) % 2**31
 
 
-# data.source -> a deployed node's own hospital from its data directory, and the index seeding its randomness.
-NODE_SOURCES: dict[str, Callable[[ExperimentConfig, str, Path], tuple[RawSite, int]]] = {
-    "csv": lambda cfg, h, root: (load_csv_site(cfg.data, build_task(cfg.task), h, root)[0], _stable_index(h)),
-    "uci-heart": lambda cfg, h, root: (load_uci_heart_site(h, root, build_task(cfg.task))[0],
-                                       list(UCI_SITES).index(h)),
-    "images": lambda cfg, h, root: (load_image_site(build_task(cfg.task), h, root)[0], _stable_index(h)),
+# data.source -> a deployed node's own hospital from its data directory, its feature names and the
+# index seeding its randomness.
+NODE_SOURCES: dict[str, Callable[[ExperimentConfig, str, Path], tuple[RawSite, list[str], int]]] = {
+    "csv": lambda cfg, h, root: (*load_csv_site(cfg.data, build_task(cfg.task), h, root), _stable_index(h)),
+    "uci-heart": lambda cfg, h, root: (*load_uci_heart_site(h, root, build_task(cfg.task)), list(UCI_SITES).index(h)),
+    "images": lambda cfg, h, root: (*load_image_site(build_task(cfg.task), h, root), _stable_index(h)),
     "tcga-brca": _from_shared_files,
     "medmnist": _from_shared_files,
 }
@@ -178,7 +180,7 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
 
     cfg = config_from_json(cfg_json)
     if cfg.data.source in GENERATED:
-        raw, index = _generated_site(cfg, hospital, partition_id)
+        raw, features, index = _generated_site(cfg, hospital, partition_id)
     else:
         root = Path(data_dir or cfg.data.dir)
         if not (data_dir or cfg.data.dir):
@@ -186,12 +188,12 @@ def _load_one_cached(cfg_json: str, hospital: str, data_dir: str, partition_id: 
                                "data directory (node config data-dir=DIR)")
         if not root.is_dir():
             raise FedMetaError(f"node config data-dir: {root}: directory not found")
-        raw, index = NODE_SOURCES[cfg.data.source](cfg, hospital, root)
+        raw, features, index = NODE_SOURCES[cfg.data.source](cfg, hospital, root)
         index = index if partition_id is None else partition_id
     site = preprocess_site(raw, cfg.data.test_fraction, cfg.seed, cfg.data.validation_fraction,
                            cfg.data.validation_draw, task=build_task(cfg.task))
     _check_hospital(site, cfg)
-    return OwnHospital(site, site.input_shape, index)
+    return OwnHospital(site, site.input_shape, index, tuple(features))
 
 
 def load_hospital(cfg: ExperimentConfig, hospital: str, data_dir: str = "",

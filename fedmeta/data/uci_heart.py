@@ -20,7 +20,7 @@ from fedmeta.data.hospital import RawSite
 from fedmeta.errors import FedMetaError
 from fedmeta.tasks import Task
 
-__all__ = ["UCI_SITES", "load_uci_heart_sites", "load_uci_heart_site"]
+__all__ = ["read_uci_file", "UCI_SITES", "load_uci_heart_sites", "load_uci_heart_site"]
 
 UCI_SITES = {
     "cleveland": "processed.cleveland.data",
@@ -53,7 +53,7 @@ def _labeller(task: Task) -> Callable[[float], float]:
                        f"a {task.kind} task with {task.n_strata} classes is neither")
 
 
-def _read_site(path: Path, name: str, task: Task) -> RawSite:
+def read_uci_file(path: Path, name: str, task: Task) -> RawSite:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: tolerate a BOM
     except (OSError, UnicodeDecodeError) as err:
@@ -100,7 +100,7 @@ def load_uci_heart_sites(cfg: DataConfig, task: Task) -> tuple[list[RawSite], li
         path = root / fname
         if not path.is_file():
             raise FedMetaError(f"{path}: UCI Heart Disease file not found (expected the four processed.*.data files)")
-        sites.append(_read_site(path, name, task))
+        sites.append(read_uci_file(path, name, task))
     return sites, feature_names()
 
 
@@ -112,4 +112,4 @@ def load_uci_heart_site(hospital: str, data_dir: Path, task: Task) -> tuple[RawS
     path = data_dir / UCI_SITES[hospital]
     if not path.is_file():
         raise FedMetaError(f"{path}: data file of hospital {hospital!r} not found")
-    return _read_site(path, hospital, task), feature_names()
+    return read_uci_file(path, hospital, task), feature_names()

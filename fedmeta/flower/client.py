@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 
 from fedmeta.config import ExperimentConfig
 from fedmeta.data.hospital import Hospital
-from fedmeta.data.sources import load_federation, load_hospital
+from fedmeta.data.sources import OwnHospital, load_federation, load_hospital
 from fedmeta.errors import FedMetaError
 from fedmeta.evaluation import NonFiniteModelError, evaluate_few_shot, score_params, scored_splits
 from fedmeta.flower.records import RecordError, params_to_record, record_to_params
@@ -46,6 +46,7 @@ class _Site:
     index: int
     held_out: bool
     input_shape: tuple[int, ...]
+    features: tuple[str, ...]  # the columns of a table (none for images): the run records its schema
     device: torch.device
     deployed: bool  # the config came from the run config (the coordinator's): the node config holds the policy
 
@@ -64,7 +65,7 @@ def _node_partition(node_config: dict) -> int | None:
         raise FedMetaError(f"node config partition-id: expected an integer, got {value!r}") from None
 
 
-def _load_own(cfg: ExperimentConfig, name: str, node: dict, deployed: bool) -> tuple[Hospital, tuple[int, ...], int]:
+def _load_own(cfg: ExperimentConfig, name: str, node: dict, deployed: bool) -> OwnHospital:
     """A named node's own hospital. Deployed, its data directory is the node config's alone, and a
     failure is reported without its detail: the message would carry the hospital's data (a cell,
     class counts, file names) to the coordinator, whose run config chose the data settings."""
@@ -86,12 +87,13 @@ def _site(cfg: ExperimentConfig, context: Context, deployed: bool) -> _Site:
     node = context.node_config
     name = node.get("hospital")
     if name:
-        hospital, input_shape, index = _load_own(cfg, str(name), node, deployed)
+        hospital, input_shape, index, features = _load_own(cfg, str(name), node, deployed)
     else:
         fed = load_federation(cfg)
         index = int(node["partition-id"])
-        hospital, input_shape = fed.hospitals[index], fed.input_shape
-    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, input_shape, pick_device(), deployed)
+        hospital, input_shape, features = fed.hospitals[index], fed.input_shape, fed.feature_names
+    return _Site(cfg, hospital, index, hospital.name in cfg.data.held_out, input_shape, features, pick_device(),
+                 deployed)
 
 
 def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Params] | Message:
@@ -140,7 +142,7 @@ def build_client_app(config: ExperimentConfig | None = None, ledger_dir: Path | 
         site = site_of(context)
         identity = ConfigRecord(
             {"hospital": site.hospital.name, "role": "held-out" if site.held_out else "train",
-             "device": str(site.device), "task": site.cfg.task.kind}
+             "device": str(site.device), "task": site.cfg.task.kind, "features": list(site.features)}
         )
         sizes = MetricRecord({"input-shape": list(site.input_shape),
                               "n-outputs": build_task(site.cfg.task).n_outputs,

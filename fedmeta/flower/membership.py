@@ -25,9 +25,16 @@ class Shape:
     input_shape: tuple[int, ...]
     n_outputs: int
     task: str
+    features: tuple[str, ...] = ()  # a table's column names, in order (none for images)
 
     def __str__(self) -> str:
-        return f"inputs of shape {self.input_shape}, {self.n_outputs} output(s), a {self.task} task"
+        columns = f" (columns {', '.join(self.features)})" if self.features else ""
+        return f"inputs of shape {self.input_shape}{columns}, {self.n_outputs} output(s), a {self.task} task"
+
+    def schema(self) -> dict[str, object]:
+        """What a new hospital's data must look like to use the run's model (``fedmeta onboard``)."""
+        return {"task": self.task, "input_shape": list(self.input_shape), "n_outputs": self.n_outputs,
+                "features": list(self.features)}
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,8 @@ def _shape(ident: object, sizes: object) -> Shape:
     outputs = int(sizes["n-outputs"])  # type: ignore[index]
     if not dims or min(dims) < 1 or outputs < 1:
         raise ValueError(f"input-shape {dims} / n-outputs {outputs} are not positive")
-    return Shape(dims, outputs, str(ident["task"]))  # type: ignore[index]
+    features = tuple(str(f) for f in ident.get("features", []))  # type: ignore[attr-defined]
+    return Shape(dims, outputs, str(ident["task"]), features)  # type: ignore[index]
 
 
 def reply_node(reply: Message, sent: list[Message]) -> int:

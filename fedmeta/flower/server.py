@@ -163,7 +163,7 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
         out_dir, cfg=cfg, history=strategy.history, model=model,
         timings={"setup_s": t_setup, "total_s": time.perf_counter() - t0},
         stop_reason=strategy.stop_reason, resumed_from_round=start, runtime=runtime,
-        algorithm_state={k: v for k, v in kept.items() if k not in weights},
+        algorithm_state={k: v for k, v in kept.items() if k not in weights}, schema=shape.schema(),
     )
 
 

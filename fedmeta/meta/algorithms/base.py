@@ -25,7 +25,7 @@ from torch.func import functional_call
 from fedmeta.config import MetaConfig
 from fedmeta.data.episodes import EpisodeBatch, EpisodeSampler
 from fedmeta.meta.chunking import chunk_size, chunks
-from fedmeta.meta.functional import Params, adapt
+from fedmeta.meta.functional import Params, adapt, per_episode_copies
 from fedmeta.privacy.plan import Release
 from fedmeta.tasks import Task
 from fedmeta.tuning.space import FEDERATED_SPACE, SearchSpace
@@ -82,6 +82,16 @@ class MetaAlgorithm(ABC):
         with torch.no_grad():
             return [functional_call(model, {k: v[i].detach() for k, v in adapted.items()}, (x,))
                     for i in range(x_support.shape[0])]
+
+    def adapted_forward(self, model: nn.Module, state: Params, x_support: torch.Tensor, y_support: torch.Tensor,
+                        inner: InnerLoop) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One hospital's adapted model, as a differentiable function of its inputs: ``state`` and
+        the support set without an episode dim. What ``fedmeta onboard`` scores and attributes;
+        its outputs equal ``draw_outputs``' for a single draw."""
+        adapted = self.adapt(model, per_episode_copies(state, 1), x_support[None], y_support[None], inner,
+                             create_graph=False)
+        params = {k: v[0].detach() for k, v in adapted.items()}
+        return lambda x: functional_call(model, params, (x,))
 
     def check_model(self, model: nn.Module) -> None:
         """Raises ``FedMetaError`` (one line) for a model this algorithm cannot train."""

@@ -62,6 +62,13 @@ class MetricLearner(SecondOrderMAML):
             grads = torch.autograd.grad(losses.sum(), list(theta.values()))
         return dict(zip(theta, grads)), losses.detach()
 
+    def adapted_forward(self, model, state, x_support, y_support, inner: InnerLoop):  # type: ignore[override]
+        one = {k: v.detach()[None] for k, v in state.items()}
+        with torch.no_grad():
+            support = self._embed(model, one, x_support[None])
+        return lambda x: self._task_outputs(one, support, y_support[None], self._embed(model, one, x[None]),
+                                            inner.task, None)[0]
+
     def draw_outputs(self, model, state, x_support, y_support, x, inner: InnerLoop):  # type: ignore[override]
         # Nothing adapts: every draw's state is the same, so the scored split is embedded once.
         with torch.no_grad():
