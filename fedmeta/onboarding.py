@@ -31,7 +31,7 @@ from fedmeta.meta.algorithms import InnerLoop
 from fedmeta.models import build_model
 from fedmeta.report.attribution import MAX_ATTRIBUTED, attribute
 from fedmeta.report.bootstrap import stratified_bootstrap
-from fedmeta.report.calibration import brier, ece, fit_temperature, reliability_bins, scaled_probabilities
+from fedmeta.tasks.calibration import brier, ece, fit_temperature, reliability_bins, scaled_probabilities
 from fedmeta.tasks import Task
 from fedmeta.tasks.binary import auc
 
@@ -102,7 +102,7 @@ def split_metrics(task: Task, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     if task.kind == "survival":
         return out
     yi = np.asarray(y).astype(np.int64)
-    out |= {"brier": brier(yi, p), "ece": ece(yi, p)}
+    out |= {"brier": brier(yi, p), "ece": ece(yi, p)}  # the binary task's own already; multi-class too
     if p.ndim == 1:
         chosen = p >= 0.5
         return out | {"sensitivity": float(chosen[yi == 1].mean()), "specificity": float((~chosen[yi == 0]).mean())}
@@ -175,6 +175,13 @@ def onboard(run: FinishedRun, path: Path, *, shots: int, seed: int, overrides: l
     strata = task.strata(y_eval)
     models = {name: stratified_bootstrap(lambda rows, p=p: split_metrics(task, y_eval[rows], p[rows]), strata,
                                          resamples=resamples, seed=seed) for name, p in predictions.items()}
+    # Paired: both models scored on each resample of the same cases (the same resamples as above).
+    pairs = [(a, b) for a, b in (("adapted", "global"), ("adapted", "local only")) if b in predictions]
+    primary = task.primary
+    differences = stratified_bootstrap(
+        lambda rows: {f"{a} − {b}": task.metrics(y_eval[rows], predictions[a][rows])[primary]
+                      - task.metrics(y_eval[rows], predictions[b][rows])[primary] for a, b in pairs},
+        strata, resamples=resamples, seed=seed)
     order = np.random.default_rng([seed, 11]).permutation(len(y_eval))[:MAX_ATTRIBUTED]
     attributions = {name: attribute(forwards[name], x_eval[order], y_eval[order])
                     for name in ("global", "adapted") if name in forwards}
@@ -193,6 +200,7 @@ def onboard(run: FinishedRun, path: Path, *, shots: int, seed: int, overrides: l
                      "overrides": overrides},
         "support_rows": [int(i) for i in site.support],
         "models": models,
+        "differences": differences,  # in the primary metric, paired by case
         "temperature": fitted,
         "calibration": {name: reliability_bins(y_eval, p) for name, p in predictions.items()}
         if task.kind != "survival" else {},

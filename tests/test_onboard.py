@@ -21,7 +21,7 @@ from fedmeta.meta.algorithms import ALGORITHMS, InnerLoop, get_algorithm
 from fedmeta.meta.functional import params_of, per_episode_copies
 from fedmeta.models import build_model
 from fedmeta.report.bootstrap import stratified_bootstrap
-from fedmeta.report.calibration import ece, fit_temperature, scaled_probabilities
+from fedmeta.tasks.calibration import ece, fit_temperature, scaled_probabilities
 from fedmeta.tasks import BinaryTask
 from fedmeta.tasks.binary import auc
 from in_process_grid import run_server_app
@@ -111,6 +111,10 @@ def test_onboarding_numbers_are_those_recomputed_by_hand(finished, tmp_path):
         assert m["specificity"]["value"] == pytest.approx(np.mean(p[hand["y"] == 0] < 0.5))
         assert m["auc"]["low"] <= m["auc"]["value"] <= m["auc"]["high"]
     assert not np.allclose(hand["global"], hand["adapted"])  # the adaptation did something
+    paired = rep["differences"]["adapted − global"]
+    assert paired["value"] == pytest.approx(roc_auc_score(hand["y"], hand["adapted"])
+                                            - roc_auc_score(hand["y"], hand["global"]), abs=1e-6)
+    assert paired["low"] <= paired["value"] <= paired["high"]
     assert "local only" in rep["models"] and rep["data_left_site"] is False
     # The privacy section is the ledgers' own account, as `fedmeta audit` recomputes it.
     trained = {h["hospital"]: h for h in rep["privacy"]["hospitals"]}
@@ -241,3 +245,65 @@ def test_the_pages_open_in_a_headless_browser(finished, tmp_path, page):
     assert proc.returncode == 0 and not console, (proc.returncode, console or proc.stderr[-2000:])
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (2400, 1100) and pixels.std() > 20  # text, tables and figures, not a blank page
+
+
+def test_an_unseen_imaging_site_onboards_with_saliency_maps(tmp_path, capsys):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    images = str(ROOT / "configs" / "images.toml")
+    nodes = [{"partition-id": i, "num-partitions": 6, "privacy-mode": "none"} for i in range(6)]
+    run_server_app({"config-file": images, "out-dir": str(tmp_path / "run"),
+                    "overrides": "federation.rounds=1 model.width=4 eval.draws=1"}, first_id=10, nodes=nodes)
+    assert main(["export-site", images, "--hospital", "hospital-06", "--out", str(tmp_path / "new.npz")]) == 0
+    assert main(["onboard", str(tmp_path / "run"), "--data", str(tmp_path / "new.npz"), "--out", str(tmp_path / "ob"),
+                 "--bootstrap", "20"]) == 0
+    rep = json.loads((tmp_path / "ob" / "report.json").read_text())
+    assert rep["attribution"]["method"] == "saliency" and set(rep["models"]) == {"global", "adapted", "local only"}
+    assert 'alt="saliency maps"' in (tmp_path / "ob" / "report.html").read_text()
+    # Scans of another size than the run's are refused in one line.
+    np.savez(tmp_path / "big.npz", images=np.zeros((20, 32, 32)), labels=np.arange(20) % 2)
+    code = main(["onboard", str(tmp_path / "run"), "--data", str(tmp_path / "big.npz"), "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.endswith("big.npz: examples of shape (1, 32, 32); the run's model takes (1, 16, 16)")
+
+
+@pytest.mark.parametrize("source, kind", [("csv", "binary"), ("tcga-brca", "survival"), ("images", "multiclass")])
+def test_a_site_file_reads_back_what_was_written(tmp_path, source, kind):
+    from fedmeta.config import load_config
+    from fedmeta.data.hospital import RawSite
+    from fedmeta.data.site_file import SITE_FILES, read_site_file, write_site_file
+
+    rng = np.random.default_rng(0)
+    cfg = load_config(CI, [f"data.source='{source}'", f"task.kind='{kind}'"] + (["task.classes=3"] * (kind == "multiclass")))
+    if kind == "survival":
+        x, y = rng.normal(size=(30, 3)), np.stack([rng.uniform(1, 900, 30), np.arange(30) % 2], 1).astype(np.float32)
+    elif kind == "multiclass":
+        x, y = rng.uniform(0, 255, size=(30, 1, 6, 6)).astype(np.float32), np.arange(30) % 3
+    else:
+        x, y = rng.normal(size=(30, 3)), (np.arange(30) % 2).astype(np.float32)
+    if x.ndim == 2:
+        x[4, 1] = np.nan  # a missing value stays missing
+    path = tmp_path / f"site{SITE_FILES[source][0][0]}"
+    write_site_file(RawSite("site", x, y, "test"), ["age", "bp", "grade"], cfg, path)
+    site, features = read_site_file(path, cfg)
+    np.testing.assert_array_equal(site.x, x)
+    np.testing.assert_array_equal(site.y, y)
+    assert features == ([] if x.ndim == 4 else ["age", "bp", "grade"])
+
+
+def test_a_uci_hospital_file_is_read_as_the_federation_reads_it():
+    from fedmeta.config import load_config
+    from fedmeta.data.site_file import read_site_file
+    from fedmeta.data.sources import SOURCES
+
+    data = ROOT.parent / "shared" / "data" / "uci-heart-disease"
+    if not data.is_dir():
+        pytest.skip("../shared/data/uci-heart-disease not present")
+    cfg = load_config(ROOT / "configs" / "uci-heart.toml", data_dir=str(data))
+    site, features = read_site_file(data / "processed.va.data", cfg)
+    sites, names = SOURCES["uci-heart"](cfg)
+    va = next(s for s in sites if s.name == "va")
+    np.testing.assert_array_equal(site.x, va.x)
+    np.testing.assert_array_equal(site.y, va.y)
+    assert features == names

@@ -143,13 +143,13 @@ def test_malformed_evaluation_replies_are_dropped(tmp_path):
         sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.EVALUATE)
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=sent)
 
-    good = {"auc": 0.8, "accuracy": 0.7, "auc-unadapted": 0.75, "num-examples": 10}
+    good = {"auc": 0.8, "accuracy": 0.7, "brier": 0.2, "ece": 0.1, "auc-unadapted": 0.75, "num-examples": 10}
     agg = strategy.aggregate_evaluate(1, [ev(11, good), ev(22, {"auc": 0.9, "num-examples": 10}),
                                           ev(33, {**good, "auc": float("nan")})])
     assert set(strategy.history.round(1).eval) == {"hospital-a"}
     assert agg["mean-auc"] == pytest.approx(0.8)
     # A validation score must come with the positive integer count of pairs it weighs by.
-    val = {**good, "val-auc": 0.9, "val-accuracy": 0.8}
+    val = {**good, "val-auc": 0.9, "val-accuracy": 0.8, "val-brier": 0.2, "val-ece": 0.1}
     strategy.aggregate_evaluate(2, [ev(11, {**val, "val-pairs": 40}), ev(22, {**val, "val-pairs": 0.5}),
                                     ev(33, val)])
     assert set(strategy.history.round(2).eval) == {"hospital-a"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
 
 from fedmeta.cli import main
 from fedmeta.config import load_config
@@ -33,7 +33,10 @@ def test_the_binary_task_is_bce_on_a_logit_and_auc_on_its_sigmoid():
         task.episode_losses(logits, y, weight)
     yv, p = np.array([0, 0, 1, 1, 1]), np.array([0.2, 0.6, 0.4, 0.7, 0.9])
     m = task.metrics(yv, p)
-    assert m == {"auc": pytest.approx(roc_auc_score(yv, p), abs=1e-12), "accuracy": 0.6} and task.pairs(yv) == 6
+    # Brier: mean squared error of the probabilities; ECE: each prediction alone in its bin here,
+    # so the mean |label - probability|.
+    assert m == {"auc": pytest.approx(roc_auc_score(yv, p), abs=1e-12), "accuracy": 0.6,
+                 "brier": pytest.approx(brier_score_loss(yv, p)), "ece": pytest.approx(0.36)} and task.pairs(yv) == 6
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -49,7 +49,11 @@ def _summary(rep: dict[str, Any]) -> str:
              f"{rep['hospital']['evaluated']} cases (95% bootstrap interval)."]
     for other in ("global", "local only"):
         if other in models:
-            lines.append(f"{_EXPLAINED[other].capitalize()}: {_interval(models[other][primary])}.")
+            d = rep["differences"][f"adapted − {other}"]
+            verdict = ("a difference these cases support" if d["low"] > 0 or d["high"] < 0
+                       else "no difference these cases can show")
+            lines.append(f"{_EXPLAINED[other].capitalize()}: {_interval(models[other][primary])}; adapted minus "
+                         f"this, paired by case: {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], {verdict}.")
     if "global" not in models:
         lines.append(f"The {rep['run']['algorithm']} model needs labelled cases to predict at all: there is no "
                      "'before adaptation'.")

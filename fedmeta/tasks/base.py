@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Task", "metric_label", "wire_name"]
 
-_LABELS = {"auc": "AUC", "macro_auc": "macro AUC", "c_index": "C-index"}
+_LABELS = {"auc": "AUC", "macro_auc": "macro AUC", "c_index": "C-index", "brier": "Brier", "ece": "ECE"}
 
 
 def metric_label(name: str) -> str:

@@ -1,4 +1,5 @@
-"""Binary outcome: one logit, binary cross-entropy; AUC (primary) and accuracy at 0.5.
+"""Binary outcome: one logit, binary cross-entropy; AUC (primary), accuracy at 0.5, Brier score and
+expected calibration error (``fedmeta.tasks.calibration``).
 
 AUC is computed as the Mann-Whitney statistic (mid-ranks for ties), the definition scikit-learn's
 ``roc_auc_score`` integrates to; the tests hold the two equal. It runs for every k-shot draw of
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from fedmeta.tasks.base import Task
+from fedmeta.tasks.calibration import brier, ece
 
 __all__ = ["BinaryTask", "auc"]
 
@@ -31,7 +33,7 @@ def auc(y: np.ndarray, scores: np.ndarray) -> float:
 class BinaryTask(Task):
     kind = "binary"
     primary = "auc"
-    metric_names = ("auc", "accuracy")
+    metric_names = ("auc", "accuracy", "brier", "ece")
     n_outputs = 1
     n_strata = 2
 
@@ -42,7 +44,8 @@ class BinaryTask(Task):
         return torch.sigmoid(outputs).detach().cpu().numpy().astype(np.float64)
 
     def metrics(self, y: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-        return {"auc": auc(y, predictions), "accuracy": float(np.mean((predictions >= 0.5) == (np.asarray(y) == 1)))}
+        return {"auc": auc(y, predictions), "accuracy": float(np.mean((predictions >= 0.5) == (np.asarray(y) == 1))),
+                "brier": brier(y, predictions), "ece": ece(y, predictions)}
 
     def pairs(self, y: np.ndarray) -> int:
         positives = int(np.sum(y == 1))
