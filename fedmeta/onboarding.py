@@ -31,11 +31,12 @@ from fedmeta.meta.algorithms import InnerLoop
 from fedmeta.models import build_model
 from fedmeta.report.attribution import MAX_ATTRIBUTED, attribute
 from fedmeta.report.bootstrap import stratified_bootstrap
+from fedmeta.report.privacy_section import privacy_spend
 from fedmeta.tasks.calibration import brier, ece, fit_temperature, reliability_bins, scaled_probabilities
 from fedmeta.tasks import Task
 from fedmeta.tasks.binary import auc
 
-__all__ = ["NewHospital", "read_new_hospital", "onboard", "split_metrics", "privacy_spend", "ADAPTATION_SETTINGS"]
+__all__ = ["NewHospital", "read_new_hospital", "onboard", "split_metrics", "ADAPTATION_SETTINGS"]
 
 # What ``--set`` may change: how the hospital adapts and trains alone, never the model it adapts.
 ADAPTATION_SETTINGS = ("meta.inner_steps", "meta.inner_lr", "local.lr", "local.steps", "local.weight_decay",
@@ -133,25 +134,6 @@ def _forwards(learned: LearnedState, site: NewHospital, cfg: ExperimentConfig, s
     params = train_alone(alone, site.x[site.support], site.y[site.support], cfg, np.random.default_rng([seed, 3]))
     out["local only"] = lambda x: functional_call(alone, params, (x,))
     return out
-
-
-def privacy_spend(run: FinishedRun) -> dict[str, Any]:
-    """The federation's spend per hospital, from the ledgers the run left (simulation)."""
-    from fedmeta.privacy.ledger_audit import audit_ledger, load_run_record
-
-    ledgers = sorted((run.path / "ledgers").glob("*.sqlite"))
-    if run.cfg.privacy.mode == "none":
-        note = "The federation trained without differential privacy (privacy.mode = \"none\"): no ledger records a spend."
-    elif not ledgers:
-        note = ("No ledger in the run directory: deployed hospitals keep their ledgers; each can show its spend "
-                "with `fedmeta audit LEDGER`.")
-    else:
-        note = "Each hospital's spend as its ledger records it, recomputed and checked against the run."
-    record = load_run_record(run.path) if ledgers else None
-    rows = [audit_ledger(p, record).to_dict() for p in ledgers]
-    return {"mode": run.cfg.privacy.mode, "note": note,
-            "hospitals": [{k: r[k] for k in ("hospital", "rounds", "epsilon", "max_epsilon", "remaining", "ok",
-                                             "problems", "mechanisms")} for r in rows]}
 
 
 def onboard(run: FinishedRun, path: Path, *, shots: int, seed: int, overrides: list[str], temperature: bool,

@@ -65,11 +65,12 @@ def saliency_figure(maps: dict[str, np.ndarray]) -> Any:
     """Mean saliency maps side by side (each on its own scale), and the adapted minus the global one."""
     plt = _plt()
     panels = dict(maps)
-    if "global model" in maps and "adapted" in maps:
-        panels["adapted − global"] = maps["adapted"] - maps["global model"]
+    if "global model" in maps and "adapted" in maps:  # where the attention moved: each map as shares of 1
+        before, after = maps["global model"], maps["adapted"]
+        panels["adapted − global (shares)"] = after / after.sum() - before / before.sum()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3))
     for ax, (name, m) in zip(np.atleast_1d(axes), panels.items()):
-        if name.endswith("global"):
+        if "−" in name:
             bound = float(np.abs(m).max()) or 1.0
             im = ax.imshow(m, cmap="coolwarm", vmin=-bound, vmax=bound)
         else:
@@ -87,7 +88,7 @@ def epsilon_figure(rows: list[dict[str, Any]]) -> Any:
     fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(rows) + 1.4))
     y = np.arange(len(rows))
     ax.barh(y, [r["epsilon"] for r in rows], color=COLOURS["adapted"], label="spent")
-    caps = [(i, r["max_epsilon"]) for i, r in enumerate(rows) if np.isfinite(r["max_epsilon"])]
+    caps = [(i, r["max_epsilon"]) for i, r in enumerate(rows) if r["max_epsilon"] is not None]
     if caps:
         ax.scatter([c for _, c in caps], [i for i, _ in caps], marker="|", s=300, color="#a23a12", label="cap")
     ax.set_yticks(y, [r["hospital"] for r in rows], fontsize=8)

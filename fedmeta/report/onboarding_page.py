@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from fedmeta.report.figures import feature_attribution_figure, reliability_figure, saliency_figure
+from fedmeta.report.privacy_section import spend_table
 from fedmeta.report.html import facts, figure, page, paragraph, table
 from fedmeta.tasks import metric_label
 
@@ -99,9 +100,7 @@ def _privacy(rep: dict[str, Any]) -> str:
     p = rep["privacy"]
     body = paragraph(p["note"])
     if p["hospitals"]:
-        body += table(["hospital", "rounds", "epsilon", "cap", "remaining", "ledger check"],
-                      [[h["hospital"], h["rounds"], h["epsilon"], h["max_epsilon"], h["remaining"],
-                        "ok" if h["ok"] else "FAILED: " + "; ".join(h["problems"])] for h in p["hospitals"]])
+        body += spend_table(p["hospitals"])
     body += paragraph("This hospital's data did not leave the site: it was read and used on this machine only; "
                       "onboarding opens no connection and sends nothing, so it spends no privacy budget.", "ok")
     return body

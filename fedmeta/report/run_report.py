@@ -9,9 +9,9 @@ from typing import Any
 
 from fedmeta.finished_run import FinishedRun
 from fedmeta.history import RunHistory
-from fedmeta.onboarding import privacy_spend
 from fedmeta.outputs import plot_metric
 from fedmeta.report.figures import epsilon_figure
+from fedmeta.report.privacy_section import privacy_spend, spend_table
 from fedmeta.report.html import facts, figure, page, paragraph, png, table
 from fedmeta.tasks import metric_label
 
@@ -63,9 +63,7 @@ def run_page(rep: dict[str, Any], run: FinishedRun) -> str:
     privacy = paragraph(rep["privacy"]["note"])
     if rep["privacy"]["hospitals"]:
         rows = rep["privacy"]["hospitals"]
-        privacy += table(["hospital", "rounds", "epsilon", "cap", "remaining", "ledger check"],
-                         [[h["hospital"], h["rounds"], h["epsilon"], h["max_epsilon"], h["remaining"],
-                           "ok" if h["ok"] else "FAILED: " + "; ".join(h["problems"])] for h in rows])
+        privacy += spend_table(rows)
         privacy += figure(epsilon_figure(rows), "privacy spend per hospital")
     missed = rep["missed_rounds"]
     missed_html = table(["hospital", "round", "kind", "reason"],
