@@ -70,12 +70,12 @@ def test_rounds_complete_without_the_failed_hospitals_and_results_say_who_missed
 
 # What may leave a hospital, per reply type: record name -> (record kind, allowed keys).
 ALLOWED = {
-    "query": {"identity": ("config", {"hospital", "role", "device", "task"}),
+    "query": {"identity": ("config", {"hospital", "role", "device", "task", "features"}),
               "sizes": ("metrics", {"input-shape", "n-outputs", "num-examples"})},
     "train": {"arrays": ("arrays", None), "metrics": ("metrics", {
         "num-examples", "train-loss", "episodes", "train-seconds", "on-gpu", "epsilon", "delta", "noise-multiplier"})},
-    "evaluate": {"metrics": ("metrics", {"num-examples", "auc", "accuracy", "auc-unadapted", "held-out",
-                                         "server-round"})},
+    "evaluate": {"metrics": ("metrics", {"num-examples", "auc", "accuracy", "brier", "ece", "auc-unadapted",
+                                         "held-out", "server-round"})},
 }
 ERROR_CODES = {BAD_ARRAYS, HELD_OUT, BUDGET_EXHAUSTED, EVAL_FAILED, POLICY_REFUSED, LEDGER_INVALID}
 
@@ -102,8 +102,11 @@ def test_every_reply_holds_only_model_shaped_arrays_and_scalar_metrics(faulty_ru
                 continue
             assert set(rec["items"]) <= keys, f"{where}: {name} has {sorted(set(rec['items']) - keys)}"
             for key, value in rec["items"].items():
-                if key == "input-shape":  # the one list: the shape of an example, as the model takes it
+                if key == "input-shape":  # a list: the shape of an example, as the model takes it
                     assert value == {"type": "list", "repr": str([cfg.data.synthetic.features])}, where
+                elif key == "features":  # a list: the columns' names, the schema every hospital shares
+                    names = [f"x{i}" for i in range(cfg.data.synthetic.features)]
+                    assert value == {"type": "list", "repr": str(names)}, where
                 elif kind == "metrics":
                     assert isinstance(value, (int, float)) and math.isfinite(value), f"{where}: {key}={value!r}"
                 else:

@@ -307,3 +307,25 @@ def test_a_uci_hospital_file_is_read_as_the_federation_reads_it():
     np.testing.assert_array_equal(site.x, va.x)
     np.testing.assert_array_equal(site.y, va.y)
     assert features == names
+
+
+def test_an_unseen_region_onboards_a_survival_model(tmp_path):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    tcga = ROOT.parent / "shared" / "data" / "fed_tcga_brca"
+    if not tcga.is_dir():
+        pytest.skip("../shared/data/fed_tcga_brca not present")
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    config = str(ROOT / "configs" / "tcga-brca.toml")
+    nodes = [{"partition-id": i, "num-partitions": 6, "privacy-mode": "none"} for i in range(6)]
+    run_server_app({"config-file": config, "out-dir": str(tmp_path / "run"),
+                    "overrides": f"federation.rounds=1 data.dir='{tcga}' data.held_out=['europe'] "
+                                 "privacy.mode='none'"}, first_id=10, nodes=nodes)
+    assert main(["export-site", config, "--data-dir", str(tcga), "--hospital", "europe",
+                 "--out", str(tmp_path / "europe.csv")]) == 0
+    assert main(["onboard", str(tmp_path / "run"), "--data", str(tmp_path / "europe.csv"), "--out",
+                 str(tmp_path / "ob"), "--bootstrap", "20", "--shots", "3"]) == 0
+    rep = json.loads((tmp_path / "ob" / "report.json").read_text())
+    assert set(rep["models"]["adapted"]) == {"c_index"} and rep["calibration"] == {}
+    assert rep["attribution"]["method"] == "integrated gradients"
+    assert "not probabilities" in (tmp_path / "ob" / "report.html").read_text()

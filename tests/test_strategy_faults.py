@@ -46,7 +46,8 @@ class Hospital:
                 "sizes": MetricRecord({"input-shape": list(self.input_shape), "n-outputs": 1, "num-examples": 10})}), reply_to=msg)
         if kind == MessageType.EVALUATE:
             return Message(RecordDict({"metrics": MetricRecord(
-                {"auc": 0.7, "accuracy": 0.6, "auc-unadapted": 0.6, "num-examples": 5})}), reply_to=msg)
+                {"auc": 0.7, "accuracy": 0.6, "brier": 0.2, "ece": 0.1, "auc-unadapted": 0.6,
+                 "num-examples": 5})}), reply_to=msg)
         fault = self.faults.get(int(msg.content["config"]["server-round"]))
         if fault == "silent":
             return None

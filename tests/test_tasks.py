@@ -117,6 +117,14 @@ def test_a_three_class_federation_runs_end_to_end_on_its_primary_metric(tmp_path
     assert all(0 <= m["macro_auc"] <= 1 for m in results["final"].values())
     assert "mean_macro_auc" in results["summary"]["train"] and (tmp_path / "run" / "macro_auc_per_round.png").is_file()
     assert "mean macro AUC" in capsys.readouterr().out
+    # A fourth site onboards with the run's model: per-class AUC and recall in its report.
+    _three_class_csvs(tmp_path / "new")
+    (tmp_path / "new" / "north.csv").rename(tmp_path / "west.csv")
+    assert main(["onboard", str(tmp_path / "run"), "--data", str(tmp_path / "west.csv"), "--out",
+                 str(tmp_path / "ob"), "--bootstrap", "20"]) == 0
+    rep = json.loads((tmp_path / "ob" / "report.json").read_text())
+    assert {f"{k}_class_{c}" for k in ("auc", "recall") for c in range(3)} <= set(rep["models"]["adapted"])
+    assert rep["hospital"]["adapted_on"] == 6 and "Per class" in (tmp_path / "ob" / "report.html").read_text()
     bad = tmp_path / "bad"
     _three_class_csvs(bad, bad="3")
     assert main(["simulate", *common[:2], str(bad), *common[3:], "--out", str(tmp_path / "badrun")]) == 2
