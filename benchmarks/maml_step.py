@@ -67,7 +67,7 @@ def main() -> None:
     print(f"second-order MAML meta-step, MLP {d}-{'-'.join(map(str, args.hidden))}-1, {m} tasks, "
           f"{s} support / {q} query, {inner.steps} inner steps, 1 thread, median of {args.repeats}")
     print(f"  per-task reference loop : {mr:8.2f} ms")
-    print(f"  batched (vmap)          : {mb:8.2f} ms")
+    print(f"  batched engine          : {mb:8.2f} ms")
     print(f"  speed-up                : {mr / mb:8.2f}x   (max |difference| {err:.2e})")
 
 

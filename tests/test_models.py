@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedmeta.cli import main
+from fedmeta.meta.functional import params_of
+from fedmeta.models import MLP
 
 CI = str(Path(__file__).resolve().parents[1] / "configs" / "ci.toml")
 
@@ -153,3 +156,28 @@ def test_a_model_with_buffers_saves_its_buffers_and_resumes(user_module):
     a, b = torch.load(whole / "model.pt"), torch.load(cut / "model.pt")
     assert set(a) == {"a.weight", "a.bias", "scale"} and torch.equal(a["scale"], torch.full((8,), 0.5))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed run ends where the whole one did
+
+
+@pytest.mark.parametrize("hidden, outputs", [([], 1), ([8, 4], 1), ([8], 3)])
+def test_the_mlp_batched_episode_forward_is_its_vmapped_forward(hidden, outputs):
+    """The engine's fast path for fedmeta's MLP gives what a vmap of ``forward`` gives, gradients too."""
+    from torch.func import functional_call, vmap
+
+    from fedmeta.meta.functional import episode_outputs, per_episode_copies
+
+    model = MLP(5, hidden, outputs).double()
+    params = per_episode_copies({k: v + 0.1 * torch.randn_like(v) for k, v in params_of(model).items()}, 3)
+    x = torch.randn(3, 7, 5, dtype=torch.float64)
+    fast = episode_outputs(model, params, x)
+    slow = vmap(lambda p, xi: functional_call(model, p, (xi,)))(params, x)
+    torch.testing.assert_close(fast, slow)
+    grads = [torch.autograd.grad(out.square().sum(), list(params.values())) for out in (fast, slow)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+    class Shifted(MLP):  # overrides forward only: the engine must not take MLP's fast path for it
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    shifted = Shifted(5, hidden, outputs).double()
+    torch.testing.assert_close(episode_outputs(shifted, params, x), slow + 1.0)

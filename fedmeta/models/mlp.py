@@ -30,6 +30,18 @@ class MLP(nn.Module):
         out = self.net(x)
         return out.squeeze(-1) if self.n_outputs == 1 else out
 
+    def episode_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for per-episode parameters ``{name: (m, *shape)}`` and inputs ``(m, n, features)``
+        as batched matrix products: the same numbers as a ``vmap`` of ``forward`` (tested), with a
+        fraction of its dispatch (``fedmeta.meta.functional.episode_outputs``)."""
+        h = x
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.Linear):
+                h = torch.baddbmm(params[f"net.{i}.bias"].unsqueeze(1), h, params[f"net.{i}.weight"].transpose(1, 2))
+            else:
+                h = torch.relu(h)
+        return h.squeeze(-1) if self.n_outputs == 1 else h
+
 
 def build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
     if len(input_shape) != 1:

@@ -13,12 +13,11 @@ from abc import abstractmethod
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
 from fedmeta.config import MetaConfig
 from fedmeta.meta.algorithms.base import InnerLoop
 from fedmeta.meta.algorithms.maml import SecondOrderMAML
-from fedmeta.meta.functional import Params, per_episode_copies
+from fedmeta.meta.functional import Params, episode_outputs, per_episode_copies
 from fedmeta.tasks import Task
 
 __all__ = ["MetricLearner"]
@@ -39,7 +38,7 @@ class MetricLearner(SecondOrderMAML):
 
     def _embed(self, model: nn.Module, state: Params, inputs: torch.Tensor) -> torch.Tensor:
         """``(m, n, D)`` embeddings of ``(m, n, ...)`` inputs; a one-output model's ``(m, n)`` is D = 1."""
-        out = vmap(lambda p, xi: functional_call(model, p, (xi,)))(self.model_params(state), inputs)
+        out = episode_outputs(model, self.model_params(state), inputs)
         return out.unsqueeze(-1) if out.dim() == 2 else out.flatten(2)
 
     def _task_outputs(self, state: Params, support: torch.Tensor, y_support: torch.Tensor, query: torch.Tensor,
