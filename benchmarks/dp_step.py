@@ -6,7 +6,7 @@ with the algorithm's record-level construction (``fedmeta.privacy.plan``): per-e
 for second-order MAML, per-record DP-SGD releases for first-order MAML, Reptile and FedAvg.
 Same model, same expected number of records, one thread, median over repeats.
 
-    .venv/bin/python benchmarks/dp_step.py [--repeats 30]
+    .venv/bin/python benchmarks/dp_step.py [--repeats 30] [--algorithms maml fomaml]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--query", type=int, default=20)
     ap.add_argument("--inner-steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--algorithms", nargs="*", help="only these (default: every algorithm)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -52,6 +53,8 @@ def main() -> None:
           f"{2 * args.shots + args.query} records, {args.inner_steps} inner steps, 1 thread, median of {args.repeats}")
     print(f"  {'algorithm':<11} {'construction':<22} {'non-DP ms':>10} {'DP ms':>8} {'DP / non-DP':>12}")
     for name, algorithm in ALGORITHMS.items():
+        if args.algorithms and name not in args.algorithms:
+            continue
         cfg = ExperimentConfig.model_validate({
             "meta": {"algorithm": name, "inner_steps": args.inner_steps, "shots": args.shots, "query": args.query,
                      "meta_batch": args.meta_batch, "outer_steps": 1},

@@ -130,3 +130,29 @@ def test_an_overflowing_slot_keeps_only_its_own_records():
     kept1 = set(xs[1][w[1] > 0].view(-1).int().tolist())
     assert len(kept0) == 2 and kept0 <= {10, 11, 12}
     assert kept1 == {13, 14}
+
+
+@pytest.mark.parametrize("secure_mode", [False, True])
+def test_the_episode_step_is_opacus_dpoptimizer_number_for_number(secure_mode):
+    """The step clips, sums, noises and averages as Opacus' DPOptimizer over SGD does, with the
+    same draws from the same generator (noise std 2 sigma C asked of it as noise_multiplier 2 sigma)."""
+    from opacus.optimizers import DPOptimizer
+
+    sigma, c, m, lr = 0.8, 0.5, 6, 0.3
+    params = {"w": torch.randn(3, 4, dtype=torch.float64), "b": torch.randn(3, dtype=torch.float64)}
+    grads = _grads(m=m, scale=1.0)
+    grads["w"][1] *= 0.01  # one episode inside the ball
+    ours = RecordLevelDPStep(params, sigma=sigma, max_grad_norm=c, episodes=m, lr=lr,
+                             generator=torch.Generator().manual_seed(3), secure_mode=secure_mode)
+    weights = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
+    opacus = DPOptimizer(torch.optim.SGD(list(weights.values()), lr=lr), noise_multiplier=2 * sigma,
+                         max_grad_norm=c, expected_batch_size=m, loss_reduction="mean",
+                         generator=torch.Generator().manual_seed(3), secure_mode=secure_mode)
+    for _ in range(2):
+        ours.step(grads)
+        for k, p in weights.items():
+            p.grad_sample = grads[k].clone()
+        opacus.step()
+        opacus.zero_grad(set_to_none=True)
+    for k in params:
+        torch.testing.assert_close(ours.current()[k], weights[k].detach(), rtol=0, atol=1e-15)
