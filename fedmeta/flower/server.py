@@ -35,7 +35,12 @@ __all__ = ["build_server_app", "run_federation", "discover_hospitals", "UNTRAINE
 
 log = logging.getLogger("fedmeta.server")
 # Flower's simulation grid sleeps 0.1 s between looks for replies: most of a small round's time.
+# Each look walks every message in flight, so a large federation looks less often (0.1 s at 200).
 SIMULATION_PULL_INTERVAL_S = 0.005
+
+
+def simulation_pull_interval(nodes: int) -> float:
+    return min(0.1, SIMULATION_PULL_INTERVAL_S * max(1.0, nodes / 10))
 
 
 def _wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
@@ -193,7 +198,7 @@ def build_server_app(config: ExperimentConfig | None = None, out_dir: Path | Non
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if isinstance(grid, InMemoryGrid):  # the simulation engine's: replies are in memory, look often
-            grid.pull_interval = SIMULATION_PULL_INTERVAL_S
+            grid.pull_interval = simulation_pull_interval(expected_nodes or len(grid.get_node_ids()))
         cfg = config or config_from_run_config(context.run_config)
         text = str(context.run_config.get("resume-from", "") or "")
         resume = resume_from or (Path(text) if text else None)
