@@ -44,7 +44,9 @@ def read_run(run_dir: Path) -> FinishedRun:
     if not run_dir.is_dir():
         raise FedMetaError(f"{run_dir}: run directory not found")
     if not results_path.is_file():
-        hint = " (the run has not finished: resume it first)" if (run_dir / "checkpoint.pt").is_file() else ""
+        hint = (" (the run has not finished: resume it first)" if (run_dir / "checkpoint.pt").is_file() else
+                " (a comparison: its runs are under runs/<algorithm>/seed<N>)" if (run_dir / "plan.json").is_file()
+                else "")
         raise FedMetaError(f"{run_dir}: not a finished fedmeta run: no results.json{hint}")
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))

@@ -201,6 +201,10 @@ def test_a_directory_that_is_not_a_finished_run_is_one_line(finished, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.endswith("not a finished fedmeta run: no results.json (the run has not finished: "
                                       "resume it first)")
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "plan.json").write_text("{}")
+    assert main(["report", str(tmp_path / "cmp")]) == 2
+    assert capsys.readouterr().err.strip().endswith("(a comparison: its runs are under runs/<algorithm>/seed<N>)")
 
 
 def test_the_run_report_holds_the_run_and_its_ledgers(finished, tmp_path):
