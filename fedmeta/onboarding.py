@@ -103,7 +103,8 @@ def split_metrics(task: Task, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     if task.kind == "survival":
         return out
     yi = np.asarray(y).astype(np.int64)
-    out |= {"brier": brier(yi, p), "ece": ece(yi, p)}  # the binary task's own already; multi-class too
+    if "brier" not in out:  # the binary task reports both itself
+        out |= {"brier": brier(yi, p), "ece": ece(yi, p)}
     if p.ndim == 1:
         chosen = p >= 0.5
         return out | {"sensitivity": float(chosen[yi == 1].mean()), "specificity": float((~chosen[yi == 0]).mean())}
