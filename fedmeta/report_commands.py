@@ -37,11 +37,10 @@ def _onboard(args: argparse.Namespace) -> None:
     data = Path(args.data)
     out = Path(args.out) if args.out else Path("runs") / f"onboard-{data.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     seed = run.cfg.seed if args.seed is None else args.seed
-    report = onboard(run, data, shots=shots, seed=seed, overrides=list(args.set or []),
-                     temperature=args.temperature, resamples=args.bootstrap)
-    html = onboarding_page(report)
-    with claimed_output_dir(out) as out_dir:
-        _write(out_dir, report, html)
+    with claimed_output_dir(out) as out_dir:  # claimed first: a taken --out fails before the work
+        report = onboard(run, data, shots=shots, seed=seed, overrides=list(args.set or []),
+                         temperature=args.temperature, resamples=args.bootstrap)
+        _write(out_dir, report, onboarding_page(report))
     primary = report["run"]["primary"]
     for name, m in report["models"].items():
         v = m[primary]
@@ -56,11 +55,10 @@ def _report(args: argparse.Namespace) -> None:
     from fedmeta.report.run_report import run_page, run_report
 
     run = read_run(Path(args.run_dir))
-    report = run_report(run)
-    html = run_page(report, run)
     out = Path(args.out) if args.out else run.path / "report"
     with claimed_output_dir(out) as out_dir:
-        _write(out_dir, report, html)
+        report = run_report(run)
+        _write(out_dir, report, run_page(report, run))
     print(f"report: {out}/report.html, {out}/report.json")
 
 
