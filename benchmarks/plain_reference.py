@@ -5,7 +5,10 @@ config) and scored on each hospital's test split.
 
 - local: one model per hospital, C chosen on that hospital's validation split;
 - pooled: one model on the union of the hospitals' train splits, C chosen on the within-hospital
-  validation AUC (each hospital weighted by its positive-negative pairs, as `fedmeta tune`).
+  validation AUC (each hospital weighted by its positive-negative pairs, as `fedmeta tune`);
+- with `--leave-one-out`, also pooled zero-shot: for each hospital, one model on the other
+  hospitals alone (C chosen on their validation splits), scored on the left-out hospital's test split
+  (the reference's "leave-one-out zero-shot" row, on fedmeta's splits).
 
     .venv/bin/python benchmarks/plain_reference.py configs/uci-heart.toml \
         --data-dir ../shared/data/uci-heart-disease --seeds 0 1 2
@@ -50,8 +53,9 @@ def local_aucs(fed) -> dict[str, float]:  # noqa: ANN001 - a fedmeta Federation
     return out
 
 
-def pooled_aucs(fed) -> dict[str, float]:  # noqa: ANN001
-    hs = fed.hospitals
+def _pooled_model(hs) -> LogisticRegression:  # noqa: ANN001 - fedmeta Hospitals
+    """Logistic regression on the hospitals' train splits, C chosen on their pair-weighted validation
+    AUC, refitted on train + validation."""
     x, y = np.vstack([h.x_train for h in hs]), np.concatenate([h.y_train for h in hs])
 
     def validation(c: float) -> float:
@@ -60,8 +64,21 @@ def pooled_aucs(fed) -> dict[str, float]:  # noqa: ANN001
             sum(_pairs(h.y_val) for h in hs)
 
     c = _choose({c: validation(c) for c in C_GRID})
-    model = _fit(np.vstack([x, *(h.x_val for h in hs)]), np.concatenate([y, *(h.y_val for h in hs)]), c)
-    return {h.name: float(roc_auc_score(h.y_test, model.predict_proba(h.x_test)[:, 1])) for h in hs}
+    return _fit(np.vstack([x, *(h.x_val for h in hs)]), np.concatenate([y, *(h.y_val for h in hs)]), c)
+
+
+def pooled_aucs(fed) -> dict[str, float]:  # noqa: ANN001
+    model = _pooled_model(fed.hospitals)
+    return {h.name: float(roc_auc_score(h.y_test, model.predict_proba(h.x_test)[:, 1])) for h in fed.hospitals}
+
+
+def left_out_pooled_aucs(fed) -> dict[str, float]:  # noqa: ANN001
+    """Each hospital scored by the pooled model of the others (it never trains, never chooses C)."""
+    out = {}
+    for h in fed.hospitals:
+        model = _pooled_model([g for g in fed.hospitals if g.name != h.name])
+        out[h.name] = float(roc_auc_score(h.y_test, model.predict_proba(h.x_test)[:, 1]))
+    return out
 
 
 def main() -> None:
@@ -69,11 +86,15 @@ def main() -> None:
     p.add_argument("config")
     p.add_argument("--data-dir")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--leave-one-out", action="store_true", help="also pooled zero-shot on each left-out hospital")
     args = p.parse_args()
     base = load_config(args.config, ['privacy.mode="none"'], args.data_dir)
     if base.data.validation_fraction == 0:
         base = with_settings(base, {"data.validation_fraction": 0.2}, "plain_reference")
-    for name, method in (("local", local_aucs), ("pooled", pooled_aucs)):
+    methods = [("local", local_aucs), ("pooled", pooled_aucs)]
+    if args.leave_one_out:
+        methods.append(("pooled, leave-one-out zero-shot", left_out_pooled_aucs))
+    for name, method in methods:
         table = []
         for seed in args.seeds:
             row = method(load_federation(with_settings(base, {"seed": seed}, "plain_reference")))
