@@ -333,3 +333,16 @@ def test_an_unseen_region_onboards_a_survival_model(tmp_path):
     assert set(rep["models"]["adapted"]) == {"c_index"} and rep["calibration"] == {}
     assert rep["attribution"]["method"] == "integrated gradients"
     assert "not probabilities" in (tmp_path / "ob" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hospital", "nowhere", "--out", "{tmp}/x.csv"], "--hospital nowhere: not a hospital of this config"),
+    (["--hospital", NEW, "--out", "{tmp}/x.npz"], "a synthetic hospital is written as a .csv file"),
+    (["--hospital", NEW, "--out", "{tmp}/taken.csv"], "taken.csv: already exists; choose another file"),
+])
+def test_export_site_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "taken.csv").write_text("kept\n")
+    code = main(["export-site", CI, *[a.format(tmp=tmp_path) for a in args]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert (tmp_path / "taken.csv").read_text() == "kept\n" and not (tmp_path / "x.csv").exists()
