@@ -19,6 +19,7 @@ from fedmeta.config import ExperimentConfig
 from fedmeta.data.csv_source import parse_cell, read_table
 from fedmeta.data.hospital import RawSite
 from fedmeta.data.images import read_image_file
+from fedmeta.data.tcga_brca import read_rows, survival_label
 from fedmeta.data.uci_heart import feature_names as uci_feature_names
 from fedmeta.data.uci_heart import read_uci_file
 from fedmeta.errors import FedMetaError
@@ -47,24 +48,15 @@ def _images(path: Path, cfg: ExperimentConfig, task: Task) -> tuple[np.ndarray, 
 
 
 def _survival_csv(path: Path, cfg: ExperimentConfig, task: Task) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise FedMetaError(f"{path}: cannot read: {err}") from None
+    rows = read_rows(path)
     if not rows or not set(SURVIVAL_COLUMNS) <= set(rows[0]):
         raise FedMetaError(f"{path}: expected the columns E (event) and T (time) beside the covariates")
     features = [c for c in rows[0] if c not in ("pid", *SURVIVAL_COLUMNS)]
     xs, ys = [], []
-    for ln, row in enumerate(rows, start=2):
+    for ln, row in enumerate(rows, start=2):  # covariates may be missing here: imputed with the site's medians
         where = f"{path}: line {ln}"
-        time, event = parse_cell(row["T"], f"{where}, column 'T'"), parse_cell(row["E"], f"{where}, column 'E'")
-        if not time >= 0:
-            raise FedMetaError(f"{where}, column 'T': survival time must be >= 0, got {row['T']!r}")
-        if event not in (0.0, 1.0):
-            raise FedMetaError(f"{where}, column 'E': event must be 0 or 1, got {row['E']!r}")
+        ys.append(survival_label(row, where))
         xs.append([parse_cell(row[c] or "", f"{where}, column {c!r}") for c in features])
-        ys.append([time, event])
     return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float32), features
 
 
