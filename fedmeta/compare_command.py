@@ -73,6 +73,7 @@ def _compare(args: argparse.Namespace, load: Callable[[argparse.Namespace], Expe
     else:
         out = Path(args.out) if args.out else default_out(Path(args.config), "compare")
     federated = any(COMPARED[a] for a in args.algorithms)
+    from fedmeta.flower.kept_actors import kept_actors
     from fedmeta.ray_session import local_ray_cluster
 
     announce = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -80,7 +81,7 @@ def _compare(args: argparse.Namespace, load: Callable[[argparse.Namespace], Expe
     with claimed_output_dir(out, resume=bool(args.resume), flag="--resume" if args.resume else "--out",
                             resumable=PLAN) as run_dir:
         claim_plan(run_dir, plan, resume=bool(args.resume))
-        with local_ray_cluster() if federated else nullcontext("") as address:
+        with local_ray_cluster() if federated else nullcontext("") as address, kept_actors(address):
             tuner = None
             if args.tune:
                 from fedmeta.tuning.study import STUDY_DB, tune

@@ -74,7 +74,7 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
                       timings: dict[str, float], stop_reason: str = "", resumed_from_round: int = 0,
                       runtime: dict[str, Any] | None = None,
                       algorithm_state: dict[str, torch.Tensor] | None = None,
-                      schema: dict[str, Any] | None = None) -> dict[str, Any]:
+                      schema: dict[str, Any] | None = None, plots: bool = True) -> dict[str, Any]:
     """``algorithm_state``: what the algorithm learned besides the model's parameters (Meta-SGD's
     rates), saved as ``algorithm_state.pt`` next to ``model.pt``. ``schema``: what the hospitals'
     data looked like (``Shape.schema``), which a new hospital's data must match to use the model."""
@@ -119,6 +119,6 @@ def write_run_outputs(out_dir: Path, *, cfg: ExperimentConfig, history: RunHisto
     if algorithm_state:
         torch.save(algorithm_state, out_dir / "algorithm_state.pt")
     title = f"{cfg.meta.algorithm}, seed {cfg.seed}"
-    for name in task.metric_names:
+    for name in task.metric_names if plots else ():
         plot_metric(history, name, out_dir / f"{name}_per_round.png", title, cfg.eval.split)
     return results

@@ -23,7 +23,7 @@ from fedmeta.output_dir import claimed_output_dir
 from fedmeta.privacy.preflight import check_resumed_ledgers, check_run
 from fedmeta.ray_session import keep_python_signal_handlers
 
-__all__ = ["simulate", "resume_simulation"]
+__all__ = ["connect_ray", "simulate", "resume_simulation"]
 
 
 def _quiet_flower() -> None:
@@ -62,10 +62,13 @@ def _probe(address: str, source: str) -> None:
         raise FedMetaError(f"{source} {address}: no Ray cluster answers there ({err.strerror or err})") from None
 
 
-def _connect_ray(address: str, cfg: ExperimentConfig, source: str) -> None:
-    """Attach this process to the Ray cluster at ``address`` before Flower starts (it then uses it)."""
+def connect_ray(address: str, source: str = "--ray-address") -> None:
+    """Attach this process to the Ray cluster at ``address`` before Flower starts (it then uses it);
+    nothing to do where it is attached already (``fedmeta.flower.kept_actors``)."""
     import ray
 
+    if ray.is_initialized():
+        return
     if address != "auto":
         _probe(address, source)
 
@@ -77,6 +80,11 @@ def _connect_ray(address: str, cfg: ExperimentConfig, source: str) -> None:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise FedMetaError(f"{source} {address}: cannot attach to a Ray cluster there: "
                            f"{str(err).splitlines()[0]}") from None
+
+
+def _check_cpus(address: str, cfg: ExperimentConfig, source: str) -> None:
+    import ray
+
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
     if cpus < cfg.federation.client_cpus:
         ray.shutdown()
@@ -96,7 +104,8 @@ def _describe_ray(attached: bool) -> dict[str, Any]:
 
 
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, resume: bool = False,
-             ray_address: str = "", on_validation: Any = None, _noise_scale: float = 1.0, _client_mods: list[Any] | None = None,
+             ray_address: str = "", on_validation: Any = None, plots: bool = True, _noise_scale: float = 1.0,
+             _client_mods: list[Any] | None = None,
              _stop_after_round: int = 0) -> dict[str, Any]:
     """Run ``cfg`` on Ray and return the parsed ``results.json`` written into ``out_dir``.
 
@@ -104,7 +113,8 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
     ``ray_address`` (or the ``RAY_ADDRESS`` environment variable): attach to that existing Ray
     cluster (``auto`` or ``HOST:PORT``) instead of starting one on this machine.
 
-    ``on_validation(round, validation AUC) -> stop?`` hears each evaluated round (``fedmeta tune``).
+    ``on_validation(round, validation AUC) -> stop?`` hears each evaluated round (``fedmeta tune``);
+    ``plots=False`` leaves out the per-metric PNGs (a tuning trial's).
 
     ``_noise_scale`` multiplies the DP noise; anything but 1 breaks the privacy guarantee and
     exists only for tests that check the empirical audit catches a wrong constant.
@@ -131,7 +141,9 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
     address = ray_address or os.environ.get("RAY_ADDRESS", "")
     init_args: dict[str, Any] = {"logging_level": "error", "log_to_driver": False}
     if address:
-        _connect_ray(address, cfg, "--ray-address" if ray_address else "RAY_ADDRESS")
+        source = "--ray-address" if ray_address else "RAY_ADDRESS"
+        connect_ray(address, source)
+        _check_cpus(address, cfg, source)
     else:
         init_args["num_cpus"] = os.cpu_count() or 1
     backend_config = {
@@ -150,6 +162,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
         server_app=build_server_app(cfg, out_dir, expected_nodes=n, progress=progress,
                                     resume_from=out_dir if resume else None,
                                     describe_runtime=lambda: _describe_ray(bool(address)), on_validation=on_validation,
+                                    plots=plots,
                                     _stop_after_round=_stop_after_round),
         client_app=_with_mods(client_app, _client_mods) if _client_mods else client_app,
         num_supernodes=n,

@@ -1,5 +1,6 @@
 """The simulation attached to an existing Ray cluster (``fedmeta simulate --ray-address``): a head
-node and a second node started here with ``ray start``, as on two machines of a cluster."""
+node and a second node started here with ``ray start``, as on two machines of a cluster; and runs
+that share one driver and its actors there (``fedmeta.flower.kept_actors``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import pytest
 import torch
 
 from fedmeta.cli import main
+from fedmeta.config import load_config
+from fedmeta.flower.kept_actors import kept_actors
 from fedmeta.ray_session import cluster_processes, free_ports, stop_cluster
+from fedmeta.simulation import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = str(ROOT / "configs" / "ci.toml")
@@ -49,19 +53,25 @@ def ray_cluster():
 def test_the_simulation_runs_on_an_existing_two_node_ray_cluster(ray_cluster, tmp_path):
     address, temp_dir = ray_cluster
     out = tmp_path / "run"
-    # Another run on the cluster first, as in a comparison or a tune: it leaves nothing behind that the next sees.
+    # A run of its own first (attached for its duration) ...
     assert main(["simulate", CI, "--ray-address", address, "--out", str(tmp_path / "other"), "--set", "seed=1",
                  "--set", "meta.algorithm='reptile'", "--quiet"]) == 0
-    assert main(["simulate", CI, "--ray-address", address, "--out", str(out), "--quiet"]) == 0
-    res = json.loads((out / "results.json").read_text())
+    # ... then two that share one driver and its actors, as the trials of a tune and the runs of a compare
+    # do; nothing of the first reaches the second.
+    with kept_actors(address):
+        first = simulate(load_config(CI, ["seed=2", "meta.algorithm='fomaml'"]), tmp_path / "kept", progress=False,
+                         ray_address=address)
+        res = simulate(load_config(CI), out, progress=False, ray_address=address)
     runtime = res["runtime"]
     assert runtime["attached"] and runtime["address"].endswith(f":{address.rsplit(':', 1)[1]}")
     assert runtime["nodes"] == 2 and runtime["cpus"] == 3.0
+    assert first["runtime"]["job_id"] == runtime["job_id"]
     # The cluster's own logs hold this process's driver of that job: the run used it, not a new one.
     logs = temp_dir / "session_latest" / "logs"
     assert list(logs.glob(f"python-core-driver-{runtime['job_id']}*_{os.getpid()}.log")), sorted(
         p.name for p in logs.iterdir())
-    # One hospital actor per CPU of the cluster: more than the head has, so the second node ran some.
+    # One hospital actor per CPU of the cluster, more than the head has, so the second node ran some;
+    # three for both runs: the second reused the first's.
     assert len(list(logs.glob(f"worker-*-{runtime['job_id']}-*.out"))) == 3
     assert res["rounds_completed"] == 3 and len(res["final"]) == 5
     # ... and the run equals the same run alone, without Ray: the ServerApp and ClientApps in this process.

@@ -90,8 +90,9 @@ def _round_done(server_round: int, bar: tqdm, stop_after: int) -> None:
 def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_nodes: int = 0,
                    progress: bool = True, resume_from: Path | None = None,
                    describe_runtime: Callable[[], dict[str, Any]] | None = None,
-                   on_validation: OnValidation | None = None, _stop_after_round: int = 0) -> None:
-    """Find the hospitals, run the rounds (from a checkpoint with ``resume_from``), write the outputs.
+                   on_validation: OnValidation | None = None, plots: bool = True, _stop_after_round: int = 0) -> None:
+    """Find the hospitals, run the rounds (from a checkpoint with ``resume_from``), write the outputs
+    (``plots``: with a PNG per metric, half a second of a short run).
 
     ``describe_runtime`` (called once the hospitals answered) says where the run executes; its
     result goes into results.json. ``on_validation(round, validation AUC)`` is called after each
@@ -168,7 +169,7 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, out_dir: Path, expected_no
         out_dir, cfg=cfg, history=strategy.history, model=model,
         timings={"setup_s": t_setup, "total_s": time.perf_counter() - t0},
         stop_reason=strategy.stop_reason, resumed_from_round=start, runtime=runtime,
-        algorithm_state={k: v for k, v in kept.items() if k not in weights}, schema=shape.schema(),
+        algorithm_state={k: v for k, v in kept.items() if k not in weights}, schema=shape.schema(), plots=plots,
     )
 
 
@@ -187,7 +188,8 @@ def _why_untrained(strategy: FedMeta) -> str:
 def build_server_app(config: ExperimentConfig | None = None, out_dir: Path | None = None,
                      expected_nodes: int = 0, progress: bool = True, resume_from: Path | None = None,
                      describe_runtime: Callable[[], dict[str, Any]] | None = None,
-                     on_validation: OnValidation | None = None, _stop_after_round: int = 0) -> ServerApp:
+                     on_validation: OnValidation | None = None, plots: bool = True,
+                     _stop_after_round: int = 0) -> ServerApp:
     """A ServerApp for ``config`` writing to ``out_dir``; both default to the run config.
 
     ``resume_from`` (run config ``resume-from``) is the output directory of a killed run: the run
@@ -206,7 +208,7 @@ def build_server_app(config: ExperimentConfig | None = None, out_dir: Path | Non
                               or f"runs/flwr-{datetime.now():%Y%m%d-%H%M%S}")
         out.mkdir(parents=True, exist_ok=True)
         run_federation(grid, cfg, out, expected_nodes=expected_nodes, progress=progress, resume_from=resume,
-                       describe_runtime=describe_runtime, on_validation=on_validation,
+                       describe_runtime=describe_runtime, on_validation=on_validation, plots=plots,
                        _stop_after_round=_stop_after_round)
 
     return app

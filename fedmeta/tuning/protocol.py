@@ -80,7 +80,8 @@ def validation_curve(name: str, cfg: ExperimentConfig, run_dir: Path, *, ray_add
                 raise TrialFailed("a hospital has no validation score")
             return {0: float(score)}, _pairs(rows)
         run_cfg = with_settings(cfg, {"meta.algorithm": COMPARED[name]}, "tune")
-        results = simulate(run_cfg, run_dir, progress=False, ray_address=ray_address, on_validation=on_validation)
+        results = simulate(run_cfg, run_dir, progress=False, ray_address=ray_address, on_validation=on_validation,
+                           plots=False)
     except (FedMetaError, NonFiniteModelError) as err:
         raise TrialFailed(str(err)) from None
     curve = {int(r): float(v) for r, v in results["validation_score"].items()}

@@ -72,6 +72,7 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
     import optuna
 
     from fedmeta.compare import BASELINES, COMPARED, all_search_keys, search_space
+    from fedmeta.flower.kept_actors import kept_actors
     from fedmeta.ray_session import local_ray_cluster
 
     if name not in COMPARED:
@@ -138,7 +139,8 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
     remaining = max(0, trials - len(done))
     if resume:
         announce(f"{name}: {len(done)} of {trials} trials already done")
-    with local_ray_cluster() if federated and not ray_address and remaining else nullcontext(ray_address) as address:
+    with (local_ray_cluster() if federated and not ray_address and remaining else nullcontext(ray_address) as address,
+          kept_actors(address if federated and remaining else "")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), callbacks=[progress])
