@@ -117,7 +117,10 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
         trial.set_user_attr("best_round", best_round)
         return score
 
+    counted = [len(done)]  # an interrupted trial run again has a number of its own; it is counted once
+
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        counted[0] += 1
         value = f"validation {label} {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
         if trial.state == optuna.trial.TrialState.PRUNED:
             value = f"pruned after round {trial.user_attrs.get('pruned_round', '?')}"
@@ -128,7 +131,7 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
         except ValueError:
             best = "no complete trial yet"
         secs = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        announce(f"{name} trial {trial.number + 1}/{trials}: {value}; {best}; {secs:.1f}s")
+        announce(f"{name} trial {counted[0]}/{trials}: {value}; {best}; {secs:.1f}s")
 
     label = metric_label(build_task(cfg.task).primary)
     federated = name not in BASELINES
