@@ -31,13 +31,12 @@ class MLP(nn.Module):
         return out.squeeze(-1) if self.n_outputs == 1 else out
 
     def episode_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor,
-                        inputs: dict[str, torch.Tensor] | None = None,
-                        added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                        inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``forward`` for per-episode parameters ``{name: (m, *shape)}`` and inputs ``(m, n, features)``
         as batched matrix products: the same numbers as a ``vmap`` of ``forward`` (tested), with a
         fraction of its dispatch (``fedmeta.meta.functional.episode_outputs``). Ghost clipping
         (``fedmeta.privacy.ghost_clipping``) passes ``inputs``, which receives each linear layer's
-        input, and ``added``, a tensor added to each linear layer's output (its backprop's handle)."""
+        input."""
         h = x
         for i, layer in enumerate(self.net):
             if isinstance(layer, nn.Linear):
@@ -45,8 +44,6 @@ class MLP(nn.Module):
                 if inputs is not None:
                     inputs[name] = h
                 h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
-                if added is not None:
-                    h = h + added[name]
             else:
                 h = torch.relu(h)
         return h.squeeze(-1) if self.n_outputs == 1 else h

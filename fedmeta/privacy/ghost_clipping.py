@@ -3,9 +3,10 @@
 A record's gradient of a linear layer is the outer product of the layer's backprop and input rows,
 ``g_i a_i^T`` (and ``g_i`` for the bias), so its squared norm is ``|g_i|^2 (|a_i|^2 + 1)`` and the
 clipped sum is ``sum_i c_i g_i a_i^T``: one forward and one backward per episode, the "ghost
-clipping" of Li et al. 2022 / Opacus' fast gradient clipping. The backprops are the gradients with
-respect to a zero added to each layer's output, all episodes at once (``MLP.episode_forward``). The
-sums equal clipping materialised per-record gradients (``tests/test_privacy_per_record.py``).
+clipping" of Li et al. 2022 / Opacus' fast gradient clipping. One forward without a graph
+(``MLP.episode_forward``, all episodes at once), the loss's gradient with respect to the outputs,
+and the backward through the linear layers and ReLUs by hand. The sums equal clipping materialised
+per-record gradients (``tests/test_privacy_per_record.py``).
 
 Only for a model known to treat each record alone (``fedmeta.models.MLP``: linear layers and
 ReLUs): the episode's records go through it as one batch, and a forward that mixed them (a
@@ -41,23 +42,31 @@ class GhostClipping:
         record's gradient is then not one outer product per layer, and this norm would not be its norm."""
         if not self.applies or x.dim() != 3:
             return None
-        m, width = x.shape[:2]
-        zeros = {name: torch.zeros(m, width, layer.out_features, dtype=x.dtype, device=x.device, requires_grad=True)
-                 for name, layer in self.linears.items()}
+        detached = {k: v.detach() for k, v in params.items()}
         inputs: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            outputs = self.model.episode_forward(detached, x, inputs)
         with torch.enable_grad():
-            outputs = self.model.episode_forward({k: v.detach() for k, v in params.items()}, x, inputs, zeros)
-            loss = (weight * self.task.example_losses(outputs, y)).sum()
-            backprops = dict(zip(zeros, torch.autograd.grad(loss, list(zeros.values()))))
-        norm2 = torch.zeros(m, width, dtype=x.dtype, device=x.device)
+            outputs.requires_grad_(True)
+            (g,) = torch.autograd.grad((weight * self.task.example_losses(outputs, y)).sum(), outputs)
+        # The backward through linear layers and ReLUs by hand: each layer's backprop is the next
+        # one's times its weight, where the ReLU let the input through (its output > 0).
+        g = g.reshape(*x.shape[:2], -1)
+        names = list(self.linears)
+        backprops: dict[str, torch.Tensor] = {}
+        for i in range(len(names) - 1, -1, -1):
+            backprops[names[i]] = g
+            if i:
+                g = torch.bmm(g, detached[f"{names[i]}.weight"]) * (inputs[names[i]] > 0)
+        norm2 = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device)
         for name in self.linears:
             g2 = backprops[name].pow(2).sum(-1)
-            norm2 = norm2 + g2 * inputs[name].detach().pow(2).sum(-1) + g2  # weight and bias
+            norm2 = norm2 + g2 * inputs[name].pow(2).sum(-1) + g2  # weight and bias
         norms = norm2.sqrt()
         factor = (clip / (norms + 1e-6)).clamp(max=1.0)
         sums: Params = {}
         for name in self.linears:
             g = backprops[name] * factor[..., None]
-            sums[f"{name}.weight"] = torch.einsum("ewo,ewi->eoi", g, inputs[name].detach())
+            sums[f"{name}.weight"] = torch.einsum("ewo,ewi->eoi", g, inputs[name])
             sums[f"{name}.bias"] = g.sum(1)
         return {k: sums[k] for k in params}, norms

@@ -110,6 +110,11 @@ class PerRecordRelease:
 
         return {k: _generate_noise(self.std, like[k], self.generator, self.secure_mode) for k in self.shapes}
 
+    def _mean(self, summed: Params, noise: Params) -> Params:
+        """``(sum + noise) / (q n)``, in place: the sums are this release's own tensors."""
+        expected = self.q * self.n
+        return {k: summed[k].add_(noise[k]).div_(expected) for k in summed}
+
     def _ghost_sums(self, params: Params, idx: torch.Tensor, mask: torch.Tensor, extra: Params | None
                     ) -> Params | None:
         """The clipped sums without per-record gradients where the model allows (``GhostClipping``);
@@ -134,7 +139,7 @@ class PerRecordRelease:
         summed = self._ghost_sums(params, idx, mask, extra)
         if summed is not None:
             noise = self._noise(summed)
-            return {k: (summed[k] + noise[k]) / (self.q * self.n) for k in summed}
+            return self._mean(summed, noise)
         per_record = self._record_gradients(params, idx, mask)
         if extra is not None:
             per_record = {k: torch.cat([per_record[k], extra[k]], dim=1) for k in per_record}
@@ -149,4 +154,4 @@ class PerRecordRelease:
                     for k, g in per_record.items()}
             summed = clip_and_sum(rows, self.clip)
             noise = self._noise(summed)
-        return {k: (summed[k] + noise[k]) / (self.q * self.n) for k in summed}
+        return self._mean(summed, noise)
