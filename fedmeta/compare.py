@@ -125,16 +125,17 @@ def claim_plan(out_dir: Path, plan: dict[str, Any], resume: bool) -> None:
     before = json.loads(path.read_text(encoding="utf-8"))
     if same_config(json.dumps(before.get("config")), config_from_json(json.dumps(plan["config"]))):
         before["config"] = plan["config"]
-    # More algorithms than before: the finished units stay, the new algorithms run on the same folds and seeds.
-    extended = set(before.get("algorithms", [])) < set(plan["algorithms"])
-    if extended:
-        before["algorithms"] = plan["algorithms"]
+    # More algorithms or seeds than before: the finished units stay, the new ones run (paired with them).
+    extended = False
+    for key in ("algorithms", "seeds"):
+        if set(before.get(key, [])) < set(plan[key]):
+            before[key], extended = plan[key], True
     differ = [k for k in plan if before.get(k) != plan[k]]
     if differ:
         shown = {"config": "config (or --set)", "tune": "--tune"}
         what = ", ".join(shown.get(k, f"--{k}") for k in differ)
         raise FedMetaError(f"--resume {out_dir}: that comparison ran with another {what}; resume with the same "
-                           "config, --set, --seeds and --tune, and its --algorithms or more")
+                           "config, --set and --tune, and its --algorithms and --seeds or more")
     if extended:
         _write_atomically(path, json.dumps(plan, indent=2) + "\n")
 

@@ -15,6 +15,12 @@ CI = str(ROOT / "configs" / "ci.toml")
 ARGS = ["compare", CI, "--algorithms", "local", "pooled", "--seeds", "0", "1", "--quiet"]
 
 
+def _whole(tmp_path: Path) -> Path:
+    whole = tmp_path / "whole"
+    assert main([*ARGS, "--out", str(whole)]) == 0
+    return whole
+
+
 def _table(out: Path) -> dict:
     result = json.loads((out / "comparison.json").read_text())
     return result["algorithms"]
@@ -58,15 +64,15 @@ def test_a_resume_with_other_arguments_or_without_a_comparison_is_refused(tmp_pa
     out = tmp_path / "cmp"
     assert main([*ARGS[:-3], "0", "--quiet", "--out", str(out)]) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert main([*ARGS, "--resume", str(out)]) == 2  # seeds 0 1, not 0
+    assert main([*ARGS[:-3], "1", "--quiet", "--resume", str(out)]) == 2  # seed 1, not 0
     assert main([*ARGS[:-3], "0", "--quiet", "--set", "local.lr=0.5", "--resume", str(out)]) == 2
     assert main([*ARGS, "--resume", str(tmp_path / "none")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()[-3:]
     assert lines == [
         f"fedmeta: error: --resume {out}: that comparison ran with another --seeds; resume with the same config, "
-        "--set, --seeds and --tune, and its --algorithms or more",
+        "--set and --tune, and its --algorithms and --seeds or more",
         f"fedmeta: error: --resume {out}: that comparison ran with another config (or --set); resume with the same "
-        "config, --set, --seeds and --tune, and its --algorithms or more",
+        "config, --set and --tune, and its --algorithms and --seeds or more",
         f"fedmeta: error: --resume {tmp_path / 'none'}: no plan.json there; nothing to resume",
     ]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -84,3 +90,15 @@ def test_a_resume_with_more_algorithms_keeps_the_finished_ones_and_runs_the_new(
     assert set(_table(out)) == {"local", "pooled"} and "paired" in _table(out)["pooled"]
     # Fewer than before is another comparison.
     assert main(["compare", CI, "--algorithms", "pooled", "--seeds", "0", "1", "--quiet", "--resume", str(out)]) == 2
+
+
+def test_a_resume_with_more_seeds_keeps_the_finished_ones_and_runs_the_new(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main([*ARGS[:-3], "0", "--quiet", "--out", str(out)]) == 0
+    kept = {p: p.read_bytes() for p in (out / "units").rglob("*.json")}
+    assert main([*ARGS, "--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished before, kept") == 2 and "[2/4] local, seed 1\n" in err
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    assert json.loads((out / "plan.json").read_text())["seeds"] == [0, 1]
+    assert _table(out) == _table(_whole(tmp_path))
