@@ -8,7 +8,7 @@ the test images, which are exactly MedMNIST's official test split (dealt to the 
 normalised with its own site's train statistics, as every fedmeta run does). No adaptation.
 
     .venv/bin/python benchmarks/medmnist_pooled_check.py --data-dir ../shared/data/medmnist_breastmnist \
-        [--steps 100 200 300 500 1000] [--lr 0.001] [--weight-decay 0] [--width 32] [--seed 0]
+        [--steps 100 200 300 500 1000] [--lr 0.001] [--weight-decay 0] [--width 32] [--seed 0] [--schedule cosine]
 """
 
 from __future__ import annotations
@@ -53,11 +53,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="Adam's rate over the steps")
     args = ap.parse_args()
     torch.set_num_threads(2)
     base = [f"seed={args.seed}", "privacy.mode='none'", "model.kind='resnet'", f"model.width={args.width}",
             "data.medmnist.acquisition_shift=0", "data.medmnist.label_shift=0", "data.medmnist.quantity_skew=0",
-            f"local.lr={args.lr}", f"local.batch_size={args.batch_size}", f"local.weight_decay={args.weight_decay}"]
+            f"local.lr={args.lr}", f"local.batch_size={args.batch_size}", f"local.weight_decay={args.weight_decay}",
+            f"local.lr_schedule='{args.schedule}'"]
     scores = {}
     for steps in args.steps:
         cfg = load_config(ROOT / "configs" / "breastmnist.toml", [*base, f"local.steps={steps}"], args.data_dir)
@@ -74,7 +76,8 @@ def main() -> None:
     model = build_model(cfg.model, fed.input_shape, cfg.seed)
     test = _auc(model, pooled_params(fed, cfg), fed, "test")
     n_test = sum(len(h.y_test) for h in fed.hospitals)
-    print(f"pooled resnet (width {args.width}), site shift off, seed {args.seed}: {chosen} steps chosen on validation; "
+    print(f"pooled resnet (width {args.width}, {args.schedule} rate), site shift off, seed {args.seed}: {chosen} steps "
+          "chosen on validation; "
           f"test AUC {test:.3f} on the {n_test} official test images; MedMNIST ResNet-18 {MEDMNIST_RESNET18_AUC:.3f} "
           f"(difference {test - MEDMNIST_RESNET18_AUC:+.3f})")
 

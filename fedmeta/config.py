@@ -175,6 +175,8 @@ class LocalConfig(_Section):
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (Adam's weight_decay)")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="Adam's rate over the steps: "
+                                                       "constant, or cosine decay to 0")
 
 
 class AuditConfig(_Section):

@@ -30,19 +30,23 @@ SEARCH_SPACE: SearchSpace = LOCAL_SPACE  # its rate, steps ("epochs"), weight de
 
 def train_alone(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: ExperimentConfig,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Adam (L2 ``local.weight_decay``) on minibatches of ``(x, y)`` from the seeded initialisation,
-    on the model's device."""
+    """Adam (L2 ``local.weight_decay``, rate ``local.lr`` constant or decayed as ``local.lr_schedule``
+    says) on minibatches of ``(x, y)`` from the seeded initialisation, on the model's device."""
     params = {k: v.requires_grad_(True) for k, v in params_of(model).items()}
     device = next(iter(params.values())).device
     task = build_task(cfg.task)
     opt = torch.optim.Adam(params.values(), lr=cfg.local.lr, weight_decay=cfg.local.weight_decay)
     xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.local.steps) \
+        if cfg.local.lr_schedule == "cosine" else None
     bs = min(cfg.local.batch_size, len(y))
     for _ in range(cfg.local.steps):
         idx = torch.as_tensor(rng.choice(len(y), size=bs, replace=False), device=device)
         opt.zero_grad()
         loss_fn(model, params, xt[idx], yt[idx], task).backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
     return {k: v.detach() for k, v in params.items()}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,9 @@ SETTINGS = ["model.hidden=[]", "local.steps=40", "local.batch_size=100000", "loc
             "data.held_out=['hospital-05']"]
 
 
-def test_pooled_is_a_centralised_fit_on_the_training_hospitals():
-    cfg = load_config(CI, SETTINGS)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_pooled_is_a_centralised_fit_on_the_training_hospitals(schedule):
+    cfg = load_config(CI, [*SETTINGS, f"local.lr_schedule='{schedule}'"])
     fed = load_federation(cfg)
     ours = pooled_params(fed, cfg)
     pool = [h for h in fed.hospitals if h.name != "hospital-05"]
@@ -34,7 +36,9 @@ def test_pooled_is_a_centralised_fit_on_the_training_hospitals():
     init = dict(build_model(cfg.model, fed.input_shape, cfg.seed).named_parameters())
     (w_name, w), (b_name, b) = [(k, torch.nn.Parameter(v.detach().clone())) for k, v in init.items()]
     opt = torch.optim.Adam([w, b], lr=0.05)
-    for _ in range(40):
+    for t in range(40):
+        if schedule == "cosine":  # the rate of step t decays from 0.05 to 0 along half a cosine
+            opt.param_groups[0]["lr"] = 0.05 * (1 + math.cos(math.pi * t / 40)) / 2
         opt.zero_grad()
         F.binary_cross_entropy_with_logits((x @ w.T + b).squeeze(-1), y).backward()
         opt.step()
