@@ -49,15 +49,26 @@ def test_a_tiny_tune_runs_end_to_end_writes_a_config_simulate_accepts_and_resume
     rows = _rows(out / "trials.csv")
     assert [r["state"] for r in rows] == ["complete", "complete"]
     assert max(float(r["validation_score"]) for r in rows) == summary["best"]["validation_score"]
-    # Interrupted tunes continue: two more trials in the same study, the first two untouched.
+    # Interrupted tunes continue: two more trials in the same study, the first two untouched, a trial the
+    # stop cut short run again ...
+    import optuna
+
+    optuna.load_study(study_name="fedmeta-tune", storage=f"sqlite:///{out / 'study.db'}").ask()  # left running
     assert main(["tune", CI, "--algorithm", "local", "--trials", "4", "--set", VAL, "--set", FAST_LOCAL,
                  "--resume", str(out)]) == 0
     assert "2 of 4 trials already done" in capsys.readouterr().err
     again = _rows(out / "trials.csv")
-    assert len(again) == 4 and again[:2] == rows
-    # The resumed sampler draws new candidates (seeded as a fresh study, it would repeat the first ones).
-    keys = ("local.lr", "local.steps", "local.weight_decay")
-    assert {tuple(r[k] for k in keys) for r in again[2:]}.isdisjoint({tuple(r[k] for k in keys) for r in rows})
+    assert len(again) == 5 and again[:2] == rows and again[2]["error"] == "interrupted"
+    # ... and the trials after the stop are those a tune never stopped runs: same candidates, same scores.
+    whole = tmp_path / "whole"
+    assert main(["tune", CI, "--algorithm", "local", "--trials", "4", "--set", VAL, "--set", FAST_LOCAL,
+                 "--out", str(whole)]) == 0
+
+    def _trials(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [{k: v for k, v in r.items() if k not in ("trial", "seconds")} for r in rows if r["error"] != "interrupted"]
+
+    assert _trials(again) == _trials(_rows(whole / "trials.csv"))
+    assert (out / "best.toml").read_text() == (whole / "best.toml").read_text()
     # ... only with the same algorithm and config.
     assert main(["tune", CI, "--algorithm", "local", "--trials", "5", "--set", VAL, "--set", FAST_LOCAL,
                  "--set", "seed=3", "--resume", str(out)]) == 2

@@ -28,7 +28,10 @@ from fedmeta.config import ExperimentConfig, with_settings
 from fedmeta.errors import FedMetaError
 from fedmeta.history import validation_score
 
-__all__ = ["TrialFailed", "mean_curve", "tuning_config", "validation_curve"]
+__all__ = ["INTERRUPTED", "TrialFailed", "mean_curve", "tuning_config", "validation_curve"]
+
+
+INTERRUPTED = "interrupted"  # the ``error`` of a trial a stop cut short: it runs again, it does not count
 
 
 class TrialFailed(Exception):

@@ -18,11 +18,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from fedmeta.config import ExperimentConfig, config_toml, same_config, with_settings
 from fedmeta.errors import FedMetaError
-from fedmeta.tuning.protocol import TrialFailed, mean_curve, tuning_config, validation_curve
+from fedmeta.tuning.protocol import INTERRUPTED, TrialFailed, mean_curve, tuning_config, validation_curve
 from fedmeta.tuning.space import resolve_space, suggest
 from fedmeta.tasks import build_task, metric_label
 
@@ -38,11 +37,13 @@ def _announce(line: str) -> None:
 def _open_study(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool) -> Any:
     import optuna
 
+    from fedmeta.tuning.sampler import TrialSeededTPE
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{out_dir / STUDY_DB}"
     study = optuna.create_study(
         study_name="fedmeta-tune", storage=storage, direction="maximize", load_if_exists=resume,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        sampler=TrialSeededTPE(cfg.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=cfg.tune.warmup_rounds))
     if not resume:
         study.set_user_attr("algorithm", name)
@@ -52,12 +53,8 @@ def _open_study(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool) -
         raise FedMetaError(f"--resume {out_dir}: that study tuned {study.user_attrs.get('algorithm')!r} with another "
                            "config; resume with the same algorithm and config")
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted")  # killed mid-trial: run again
+        study._storage.set_trial_user_attr(t._trial_id, "error", INTERRUPTED)  # killed mid-trial: run again
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-    # The sampler continues from what the study holds: seeded as a fresh study would be, it would draw
-    # the same first candidates again.
-    study.sampler = optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([cfg.seed, len(study.trials)])
-                                                        .generate_state(1)[0]))
     return study
 
 
@@ -81,7 +78,7 @@ def tune(cfg: ExperimentConfig, name: str, trials: int, out_dir: Path, *, resume
     bases = [tuning_config(cfg, draw) for draw in range(cfg.tune.validation_draws)]
     with_settings(bases[0], fixed, "tune.space")  # a fixed value that cannot run fails before any trial
     study = _open_study(cfg, name, out_dir, resume)
-    done = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get("error") != "interrupted"]
+    done = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get("error") != INTERRUPTED]
     t0 = time.perf_counter()
 
     def objective(trial: optuna.Trial) -> float:
@@ -168,7 +165,7 @@ def _write_outputs(study: Any, cfg: ExperimentConfig, name: str, out_dir: Path, 
         best_cfg = with_settings(best_cfg, {"data.validation_fraction": 0.0}, "best.toml")
     (out_dir / "best.toml").write_text(config_toml(best_cfg), encoding="utf-8")
     _plot_history(study, out_dir / "history.png", name, metric_label(build_task(cfg.task).primary))
-    states = [t.state.name.lower() if t.user_attrs.get("error") != "interrupted" else "interrupted"
+    states = [t.state.name.lower() if t.user_attrs.get("error") != INTERRUPTED else INTERRUPTED
               for t in study.trials]
     summary = {"algorithm": name, "trials": trials, "completed": states.count("complete"),
                "pruned": states.count("pruned"), "failed": states.count("fail"),
