@@ -8,8 +8,8 @@ live actors to the next one with the same client resources instead of killing th
 
 The runs stay independent: an actor holds nothing of a run but the ClientApp rebuilt from that
 run's config and ledger directory (``fedmeta.flower.client``), and everything a hospital keeps
-between rounds lives in files of the run's own directory. ``tests/test_kept_actors.py`` holds a run
-after another equal to the same run alone.
+between rounds lives in files of the run's own directory. ``tests/test_ray_cluster.py`` holds a run
+after another on the same actors equal to the same run alone.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ def _key(resources: dict[str, float]) -> tuple:
 
 
 def _all_alive(pool: Any) -> bool:
-    """Every actor of ``pool`` idle and answering (one that died with its run is not handed on)."""
+    """Every actor of the parked ``pool`` (parked only when all were idle) still answering: one that
+    died with its run is not handed on."""
     import ray
 
-    if len(pool.pool) != pool.num_actors:
-        return False
     try:
         ray.get([actor.__ray_ready__.remote() for actor in pool.pool], timeout=_ALIVE_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - any failure: build a fresh pool
