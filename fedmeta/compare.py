@@ -21,10 +21,12 @@ from fedmeta.data.hospital import Federation
 from fedmeta import local_baseline, pooled_baseline
 from fedmeta.meta.algorithms import get_algorithm
 from fedmeta.tuning.space import SearchSpace
-from fedmeta.paired import paired_table
-from fedmeta.tasks import Task, build_task, metric_label
+from fedmeta.comparison_markdown import comparison_markdown
+from fedmeta.paired import best_on_validation, paired_table
+from fedmeta.tasks import Task, build_task
 
-__all__ = ["BASELINES", "COMPARED", "PLAN", "claim_plan", "comparison_plan", "run_comparison", "comparison_markdown"]
+__all__ = ["BASELINES", "COMPARED", "PLAN", "claim_plan", "comparison_plan", "comparison_markdown", "family",
+           "run_comparison"]
 
 # Non-federated baselines: name in the table -> per-hospital metrics of a federation.
 BASELINES: dict[str, Callable[[Federation, ExperimentConfig], dict[str, dict[str, Any]]]] = {
@@ -207,6 +209,7 @@ def run_comparison(
             table[algo][key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
     for algo, paired in paired_table(table, summary_keys(task)[:2]).items():
         table[algo]["paired"] = paired
+    best_personalised = _pair_with_best_personalised(table, summary_keys(task)[:2])
     result = {
         "tuning_trials": next((t["trials"] for row in table.values() for t in row.get("tuning", {}).values()), 0),
         "mode": "leave-one-hospital-out" if cfg.data.leave_one_out else
@@ -215,6 +218,7 @@ def run_comparison(
         "data_note": data_note(cfg),
         "metrics": list(task.metric_names),  # the first is the primary one
         "algorithms": table,
+        "best_personalised": best_personalised,
         "config": json.loads(cfg.to_json()),
     }
     (out_dir / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -222,71 +226,20 @@ def run_comparison(
     return result
 
 
-def _label(name: str) -> str:
-    return f"{name} (centralised, not federated)" if name == "pooled" else name
+def family(name: str) -> str:
+    """``baseline`` (local, pooled), ``federated`` (FedAvg), ``meta-learning`` or ``personalised-fl``."""
+    algorithm = COMPARED[name]
+    return "baseline" if algorithm is None else get_algorithm(algorithm).family
 
 
-def _interval(d: dict[str, Any]) -> str:
-    if d["seeds"] < 2:
-        return f"{d['mean']:+.3f} (one seed: no interval)"
-    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-
-
-def _tuning_lines(result: dict[str, Any]) -> list[str]:
-    tuned = {name: row["tuning"] for name, row in result["algorithms"].items() if row.get("tuning")}
-    if not tuned:
-        return ["", "Not tuned: every algorithm ran with the config's settings."]
-    lines = ["", f"Tuned on validation only ({result['tuning_trials']} trials per algorithm, seed and fold; Optuna "
-             f"TPE, median pruner): the mean best validation {metric_label(result['metrics'][0])}, and what the first "
-             "tuning chose (all of them in comparison.json).", "",
-             f"| algorithm | validation {metric_label(result['metrics'][0])} | chosen settings |", "|---|---|---|"]
-    for name, runs in tuned.items():
-        first = next(iter(runs.values()))["best"]
-        val = np.mean([r["best"]["validation_score"] for r in runs.values()])
-        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in sorted(first["settings"].items()))
-        lines.append(f"| {name} | {val:.3f} | {chosen} |")
-    return lines
-
-
-def comparison_markdown(result: dict[str, Any]) -> str:
-    algos = result["algorithms"]
-    primary, *others = result["metrics"]
-    p = metric_label(primary)
-    keys = (f"mean_{primary}", f"worst_{primary}", *(f"mean_{k}" for k in others))
-    lines = [f"Note: {result['data_note']}.", ""] if result.get("data_note") else []
-    lines += [
-        f"Mode: {result['mode']}; seeds {', '.join(map(str, result['seeds']))}; "
-        f"{p} after few-shot adaptation on each hospital's test split (mean ± std over seeds).",
-        "",
-        "| " + " | ".join(["algorithm", f"mean {p}", f"worst-site {p}", *(f"mean {metric_label(k)}" for k in others)])
-        + " |",
-        "|---" * (len(keys) + 1) + "|",
-    ]
-    for name, row in algos.items():
-        cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in keys]
-        lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
-    paired = {name: row["paired"] for name, row in algos.items() if "paired" in row}
-    if paired:
-        reference = next(iter(paired.values()))["reference"]
-        lines += ["", f"Difference to {reference}, paired by seed (mean [95% interval over seeds]; an interval "
-                  "that excludes 0 is a difference these seeds support):", "",
-                  f"| algorithm | Δ mean {p} | Δ worst-site {p} |", "|---|---|---|"]
-        for name, d in paired.items():
-            lines.append(f"| {name} | " + " | ".join(_interval(d[m]) for m in keys[:2]) + " |")
-    lines += _tuning_lines(result)
-    missing = [f"{name} seed {seed}: {', '.join(s['missing'])}" for name, row in algos.items()
-               for seed, s in row["seeds"].items() if s.get("missing")]
-    if missing:
-        lines += ["", "No final score (the model diverged at these hospitals; left out of mean and worst): "
-                  + "; ".join(missing)]
-    hospitals = sorted({h for row in algos.values() for s in row["seeds"].values() for h in s["hospitals"]})
-    lines += ["", f"Per hospital ({p}, mean over seeds):", "",
-              "| algorithm | " + " | ".join(hospitals) + " |", "|---" * (len(hospitals) + 1) + "|"]
-    for name, row in algos.items():
-        cells = []
-        for h in hospitals:
-            vals = [s["hospitals"][h][primary] for s in row["seeds"].values() if h in s["hospitals"]]
-            cells.append(f"{np.mean(vals):.3f}" if vals else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def _pair_with_best_personalised(table: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, Any] | None:
+    """Each meta-learner against the personalised-FL baseline that validation ranks first (tuned
+    comparisons only: the choice reads no test split), stored as ``paired_to_best_personalised``."""
+    best = best_on_validation(table, [name for name in table if family(name) == "personalised-fl"])
+    if best is None:
+        return None
+    name, score = best
+    learners = [n for n in table if family(n) == "meta-learning"]
+    for algo, paired in paired_table(table, metrics, reference=name, only=learners).items():
+        table[algo]["paired_to_best_personalised"] = paired
+    return {"name": name, "validation_score": score, "chosen_by": "mean best validation score of its tunings"}

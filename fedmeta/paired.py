@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["REFERENCE", "paired_difference", "paired_table"]
+__all__ = ["REFERENCE", "best_on_validation", "paired_difference", "paired_table"]
 
 REFERENCE = "fedavg"  # FedAvg + fine-tune: what users pick instead of meta-learning
 
@@ -30,15 +30,28 @@ def paired_difference(values: dict[str, float], reference: dict[str, float], con
     return {"seeds": len(diffs), "mean": mean, "low": mean - half, "high": mean + half}
 
 
-def paired_table(algorithms: dict[str, Any], metrics: tuple[str, ...] = ("mean_auc", "worst_auc")
-                 ) -> dict[str, dict[str, Any]]:
-    """Each algorithm's paired difference to FedAvg + fine-tune (else to the first algorithm) in
-    ``metrics`` (mean and worst-site primary metric); the reference itself is left out."""
+def paired_table(algorithms: dict[str, Any], metrics: tuple[str, ...] = ("mean_auc", "worst_auc"),
+                 reference: str | None = None, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Each algorithm's (of ``only``, default all) paired difference to ``reference`` (default FedAvg +
+    fine-tune, else the first algorithm) in ``metrics`` (mean and worst-site primary metric); the
+    reference itself is left out."""
     if not algorithms:
         return {}
-    reference = REFERENCE if REFERENCE in algorithms else next(iter(algorithms))
+    if reference is None:
+        reference = REFERENCE if REFERENCE in algorithms else next(iter(algorithms))
     per_seed = {name: {m: {s: r[m] for s, r in row["seeds"].items()} for m in metrics}
                 for name, row in algorithms.items()}
     return {name: {"reference": reference,
                    **{m: paired_difference(per_seed[name][m], per_seed[reference][m]) for m in metrics}}
-            for name in algorithms if name != reference}
+            for name in (only if only is not None else algorithms) if name != reference}
+
+
+def best_on_validation(algorithms: dict[str, Any], candidates: list[str]) -> tuple[str, float] | None:
+    """The candidate with the highest mean best validation score over its tunings, with that score:
+    the baseline a user would pick without reading a test split (None when none was tuned)."""
+    scored = {name: float(np.mean([t["best"]["validation_score"] for t in algorithms[name]["tuning"].values()]))
+              for name in candidates if algorithms.get(name, {}).get("tuning")}
+    if not scored:
+        return None
+    best = max(scored, key=lambda name: scored[name])
+    return best, scored[best]

@@ -52,3 +52,39 @@ def test_every_algorithm_is_paired_with_fedavg_and_the_table_shows_it():
 def test_without_fedavg_the_first_algorithm_is_the_reference():
     paired = paired_table({"local": _row({"0": 0.7}), "fedmeta-fomaml": _row({"0": 0.75})})
     assert paired["fedmeta-fomaml"]["reference"] == "local"
+
+
+def _tuned(row: dict, validation: float) -> dict:
+    best = {"validation_score": validation, "settings": {"meta.inner_lr": 0.1}}
+    return {**row, "tuning": {"seed0": {"best": best}, "seed1": {"best": best}}}
+
+
+def test_meta_learners_are_paired_with_the_personalised_baseline_validation_ranks_first():
+    from fedmeta.compare import _pair_with_best_personalised, family
+
+    assert [family(n) for n in ("pooled", "fedavg", "fedmeta-metasgd", "fedrep", "perfedavg")] == [
+        "baseline", "federated", "meta-learning", "personalised-fl", "personalised-fl"]
+    # ditto is better on test, fedrep on validation: the choice must not read the test scores
+    algos = {"fedavg": _tuned(_row({"0": 0.80, "1": 0.81}), 0.90),
+             "ditto": _tuned(_row({"0": 0.85, "1": 0.86}), 0.88),
+             "fedrep": _tuned(_row({"0": 0.78, "1": 0.79}), 0.89),
+             "fedmeta-anil": _tuned(_row({"0": 0.80, "1": 0.83}), 0.87)}
+    best = _pair_with_best_personalised(algos, ("mean_auc", "worst_auc"))
+    assert best["name"] == "fedrep" and best["validation_score"] == pytest.approx(0.89)
+    assert set(name for name, row in algos.items() if "paired_to_best_personalised" in row) == {"fedmeta-anil"}
+    assert algos["fedmeta-anil"]["paired_to_best_personalised"]["mean_auc"]["mean"] == pytest.approx(0.03)
+    for row in algos.values():
+        row.update({k: {"mean": 0.8, "std": 0.01} for k in ("mean_auc", "worst_auc")})
+        for s in row["seeds"].values():
+            s["hospitals"] = {}
+    text = comparison_markdown({"mode": "unseen hospitals", "seeds": [0, 1], "metrics": ["auc"], "algorithms": algos,
+                                "tuning_trials": 2, "best_personalised": best})
+    assert "Difference to fedrep, the personalised-FL baseline that validation ranks first" in text
+    assert "| fedmeta-anil | +0.030 [" in text
+
+
+def test_without_tuning_no_personalised_baseline_is_chosen():
+    from fedmeta.compare import _pair_with_best_personalised
+
+    algos = {"ditto": _row({"0": 0.85}), "fedmeta-anil": _row({"0": 0.8})}
+    assert _pair_with_best_personalised(algos, ("mean_auc",)) is None and "paired_to_best_personalised" not in algos["ditto"]

@@ -57,6 +57,8 @@ class MetaAlgorithm(ABC):
 
     name: str
     search_space: SearchSpace = FEDERATED_SPACE  # what ``fedmeta tune`` may change
+    # "meta-learning", "federated" (FedAvg) or "personalised-fl": which rows a comparison holds against which
+    family: str = "meta-learning"
 
     # ----- state: what the server holds, aggregates, checkpoints and sends -----
     def initial_state(self, params: Params, meta: MetaConfig) -> Params:

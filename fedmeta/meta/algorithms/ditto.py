@@ -31,6 +31,7 @@ __all__ = ["Ditto"]
 
 class Ditto(FedAvgSGD):
     name = "ditto"
+    family = "personalised-fl"
     personal = True
     search_space = (*FEDERATED_SPACE, Param("meta.ditto_lambda", 1e-3, 10.0, log=True))
 

@@ -20,6 +20,7 @@ __all__ = ["FedAvgSGD"]
 
 class FedAvgSGD(MetaAlgorithm):
     name = "fedavg"
+    family = "federated"
 
     def _episode_gradients(self, model, state, batch, inner):  # type: ignore[override]
         x, y, w = batch.joined()

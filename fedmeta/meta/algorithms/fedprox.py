@@ -23,6 +23,7 @@ def proximal_step(local: Params, anchor: Params, gradient: Params, lr: float, we
 
 class FedProx(FedAvgSGD):
     name = "fedprox"
+    family = "personalised-fl"
     search_space = (*FEDERATED_SPACE, Param("meta.prox_mu", 1e-3, 1.0, log=True))
 
     def local_step(self, local: Params, global_params: Params, gradient: Params, meta: MetaConfig) -> Params:

@@ -35,6 +35,7 @@ __all__ = ["FedRep"]
 
 class FedRep(FedAvgSGD):
     name = "fedrep"
+    family = "personalised-fl"
     personal = True
     predicts_unadapted = False  # the global model's head is its initial one: nothing to report
 

@@ -37,6 +37,7 @@ def _gradients(model, params: Params, x, y, task, kwargs) -> Params:
 
 class PerFedAvg(MetaAlgorithm):
     name = "perfedavg"
+    family = "personalised-fl"
     delta = DELTA
 
     def _episode_gradients(self, model, state, batch, inner):  # type: ignore[override]
