@@ -46,11 +46,11 @@ def test_the_personal_update_is_sgd_pulled_towards_the_global_model():
         torch.testing.assert_close(out[k], v[k], rtol=1e-10, atol=1e-12)
 
 
-def _send(app, kind: str, params: dict, server_round: int) -> Message:
+def _send(app, kind: str, params: dict, server_round: int, partition: int = 0) -> Message:
     msg = Message(RecordDict({"arrays": params_to_record(params),
                               "config": ConfigRecord({"server-round": server_round})}),
                   dst_node_id=7, message_type=kind)
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 5},
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": partition, "num-partitions": 5},
                       state=RecordDict(), run_config={})
     return app(msg, context)
 
@@ -83,3 +83,19 @@ def test_the_personal_model_stays_at_the_hospital_across_rounds_and_restarts(tmp
     # Another run config does not inherit it.
     assert PersonalStore(ledgers / "hospital-01.sqlite", load_config(CI, ["meta.algorithm='ditto'", "seed=1"])).load(
         torch.device("cpu")) is None
+
+
+def test_the_global_update_is_fedavgs_and_an_unseen_hospital_scores_as_under_fedavg(tmp_path):
+    """What the README's unseen-site tables rest on: Ditto's personal model changes nothing it sends,
+    and a hospital that never trained has none, so it adapts the global model as FedAvg's does."""
+    sent, unseen = {}, {}
+    for algorithm in ("ditto", "fedavg"):
+        cfg = load_config(CI, [f"meta.algorithm='{algorithm}'", "data.held_out=['hospital-05']"])
+        params = params_of(build_model(cfg.model, (8,), cfg.seed))
+        app = build_client_app(cfg, ledger_dir=tmp_path / algorithm)
+        sent[algorithm] = _send(app, MessageType.TRAIN, params, 1).content["arrays"].to_torch_state_dict()
+        unseen[algorithm] = _send(app, MessageType.EVALUATE, params, 1, partition=4).content["metrics"]["auc"]
+    assert sent["ditto"].keys() == sent["fedavg"].keys()
+    assert all(torch.equal(sent["ditto"][k], sent["fedavg"][k]) for k in sent["fedavg"])
+    assert unseen["ditto"] == unseen["fedavg"]
+    assert (tmp_path / "ditto" / "hospital-01.ditto-personal.pt").is_file()  # the trained one has its own
