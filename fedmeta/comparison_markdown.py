@@ -23,6 +23,12 @@ def _interval(d: dict[str, Any]) -> str:
     return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
+def _paired_lines(title: str, column: str, paired: dict[str, Any], keys: tuple[str, ...], p: str) -> list[str]:
+    """A table of paired differences (mean and worst site) under its title."""
+    return ["", title, "", f"| {column} | Δ mean {p} | Δ worst-site {p} |", "|---|---|---|",
+            *(f"| {name} | " + " | ".join(_interval(d[m]) for m in keys) + " |" for name, d in paired.items())]
+
+
 def _tuning_lines(result: dict[str, Any]) -> list[str]:
     tuned = {name: row["tuning"] for name, row in result["algorithms"].items() if row.get("tuning")}
     if not tuned:
@@ -60,20 +66,16 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     paired = {name: row["paired"] for name, row in algos.items() if "paired" in row}
     if paired:
         reference = next(iter(paired.values()))["reference"]
-        lines += ["", f"Difference to {reference}, paired by seed (mean [95% interval over seeds]; an interval "
-                  "that excludes 0 is a difference these seeds support):", "",
-                  f"| algorithm | Δ mean {p} | Δ worst-site {p} |", "|---|---|---|"]
-        for name, d in paired.items():
-            lines.append(f"| {name} | " + " | ".join(_interval(d[m]) for m in keys[:2]) + " |")
+        lines += _paired_lines(f"Difference to {reference}, paired by seed (mean [95% interval over seeds]; an "
+                               "interval that excludes 0 is a difference these seeds support):", "algorithm",
+                               paired, keys[:2], p)
     best = result.get("best_personalised")
     if best:
-        lines += ["", f"Difference to {best['name']}, the personalised-FL baseline that validation ranks first "
-                  f"(mean best validation {p} {best['validation_score']:.3f}; no test split read to choose it), "
-                  "paired by seed:", "", f"| meta-learner | Δ mean {p} | Δ worst-site {p} |", "|---|---|---|"]
-        for name, row in algos.items():
-            if "paired_to_best_personalised" in row:
-                d = row["paired_to_best_personalised"]
-                lines.append(f"| {name} | " + " | ".join(_interval(d[m]) for m in keys[:2]) + " |")
+        lines += _paired_lines(
+            f"Difference to {best['name']}, the personalised-FL baseline that validation ranks first (mean best "
+            f"validation {p} {best['validation_score']:.3f}; no test split read to choose it), paired by seed:",
+            "meta-learner", {name: row["paired_to_best_personalised"] for name, row in algos.items()
+                             if "paired_to_best_personalised" in row}, keys[:2], p)
     lines += _tuning_lines(result)
     missing = [f"{name} seed {seed}: {', '.join(s['missing'])}" for name, row in algos.items()
                for seed, s in row["seeds"].items() if s.get("missing")]
