@@ -94,6 +94,11 @@ def test_search_spaces_are_declared_per_algorithm_and_a_config_narrows_or_fixes_
     # A model without hidden layers has no width to tune; unknown or malformed entries are one line.
     linear = load_config(CI, [VAL, "model.hidden=[]"])
     assert "model.hidden" not in {p.key for p in resolve_space(search_space("local"), linear, "local")[0]}
+    # A conv net's width is its channel count: a hidden-layer width would change nothing it trains.
+    images = load_config(str(ROOT / "configs" / "images.toml"), ["tune.space={\"model.width\" = [16, 32]}"])
+    for name in ("fedavg", "local"):
+        width = [p for p in resolve_space(search_space(name), images, name)[0] if p.key.startswith("model.")]
+        assert [(p.key, p.choices) for p in width] == [("model.width", (16, 32))]
     for space, message in (("{\"meta.inner_lr\" = [0.1]}", "expected a value or \\[low, high\\]"),
                            ("{\"local.nope\" = 0.1}", "not in fedavg's search space")):
         with pytest.raises(FedMetaError, match=message):

@@ -2,8 +2,10 @@
 
 A ``Param`` names a dotted config setting and its range (float or int, optionally log-scaled) or
 its choices. ``only_if`` samples it only when another setting has a given value (Adam's server
-rate lives on another scale than SGD's). ``model.hidden`` takes a width: every hidden layer gets it
-(a model without hidden layers has no width to tune). A config's ``[tune] space`` fixes a setting
+rate lives on another scale than SGD's). ``model.hidden`` in a space stands for the model's width,
+which its kind names (``fedmeta.models.WIDTH_SETTING``: an MLP's ``model.hidden``, every hidden
+layer taking the width; a conv net's ``model.width``); a model without hidden layers or the user's
+own has no width to tune. A config's ``[tune] space`` fixes a setting
 (a scalar), narrows a range (``[low, high]``) or the choices (a list).
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from fedmeta.config import ExperimentConfig
 from fedmeta.errors import FedMetaError
+from fedmeta.models import WIDTH_SETTING
 
 __all__ = ["Param", "SearchSpace", "FEDERATED_SPACE", "LOCAL_SPACE", "resolve_space"]
 
@@ -84,7 +87,7 @@ def resolve_space(space: SearchSpace, cfg: ExperimentConfig, algorithm: str,
     of another algorithm's space (``others``) is not this one's business: one config may narrow the
     spaces of all the algorithms a comparison tunes."""
     fixed: dict[str, Any] = {}
-    params = [p for p in space if not (p.key == "model.hidden" and (not cfg.model.hidden or cfg.model.factory))]
+    params = [q for p in space for q in _for_model(p, cfg)]
     keys = {p.key for p in params}
     for key, value in cfg.tune.space.items():
         where = f"tune.space.{key}"
@@ -101,6 +104,17 @@ def resolve_space(space: SearchSpace, cfg: ExperimentConfig, algorithm: str,
     sampled = {p.key for p in params} | set(fixed)
     params = [p for p in params if p.only_if is None or p.only_if[0] in sampled]
     return tuple(params), fixed
+
+
+def _for_model(param: Param, cfg: ExperimentConfig) -> tuple[Param, ...]:
+    """``param``, or for the width placeholder the width setting of the configured model (none for
+    a linear MLP or a factory model, whose width fedmeta does not know)."""
+    if param.key != "model.hidden":
+        return (param,)
+    if cfg.model.factory or cfg.model.kind not in WIDTH_SETTING or (cfg.model.kind == "mlp" and not cfg.model.hidden):
+        return ()
+    key, choices = WIDTH_SETTING[cfg.model.kind]
+    return (replace(param, key=key, choices=choices),)
 
 
 def suggest(space: SearchSpace, fixed: dict[str, Any], trial: Any) -> dict[str, Any]:
