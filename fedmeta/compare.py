@@ -127,10 +127,11 @@ def claim_plan(out_dir: Path, plan: dict[str, Any], resume: bool) -> None:
     before = json.loads(path.read_text(encoding="utf-8"))
     if same_config(json.dumps(before.get("config")), config_from_json(json.dumps(plan["config"]))):
         before["config"] = plan["config"]
-    # More algorithms or seeds than before: the finished units stay, the new ones run (paired with them).
+    # More algorithms or seeds than before, or the same in another order: the finished units stay,
+    # the others run (paired with them) in the order given now.
     extended = False
     for key in ("algorithms", "seeds"):
-        if set(before.get(key, [])) < set(plan[key]):
+        if set(before.get(key, [])) <= set(plan[key]) and before.get(key) != plan[key]:
             before[key], extended = plan[key], True
     differ = [k for k in plan if before.get(k) != plan[k]]
     if differ:

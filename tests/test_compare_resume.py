@@ -88,6 +88,11 @@ def test_a_resume_with_more_algorithms_keeps_the_finished_ones_and_runs_the_new(
     assert all(p.read_bytes() == data for p, data in kept.items())
     assert json.loads((out / "plan.json").read_text())["algorithms"] == ["local", "pooled"]
     assert set(_table(out)) == {"local", "pooled"} and "paired" in _table(out)["pooled"]
+    # The same ones in another order run nothing again (the order given now is the table's).
+    assert main(["compare", CI, "--algorithms", "pooled", "local", "--seeds", "0", "1", "--quiet",
+                 "--resume", str(out)]) == 0
+    assert capsys.readouterr().err.count("finished before, kept") == 4
+    assert json.loads((out / "plan.json").read_text())["algorithms"] == ["pooled", "local"]
     # Fewer than before is another comparison.
     assert main(["compare", CI, "--algorithms", "pooled", "--seeds", "0", "1", "--quiet", "--resume", str(out)]) == 2
 
