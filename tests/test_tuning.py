@@ -83,6 +83,8 @@ def test_search_spaces_are_declared_per_algorithm_and_a_config_narrows_or_fixes_
             "server.optimizer", "server.lr", "server.weight_decay", "model.hidden"} == set(keys) and not fixed
     assert keys.count("server.lr") == 2  # one range per server optimizer
     assert {p.key for p in search_space("local")} == {"local.lr", "local.steps", "local.weight_decay", "model.hidden"}
+    for metric in ("fedmeta-protonet", "fedmeta-matchingnet", "fedmeta-relationnet"):  # no inner loop to tune
+        assert {p.key for p in search_space(metric)} == set(keys) - {"meta.inner_lr", "meta.inner_steps"}
     narrowed = load_config(CI, [VAL, "tune.space={\"meta.inner_lr\" = [0.05, 0.1], \"server.optimizer\" = \"sgd\"}"])
     params, fixed = resolve_space(search_space("fedavg"), narrowed, "fedavg")
     assert resolve_space(search_space("fedavg"), load_config(CI, [VAL, FAST_LOCAL]), "fedavg",

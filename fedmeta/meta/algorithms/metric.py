@@ -19,6 +19,7 @@ from fedmeta.meta.algorithms.base import InnerLoop
 from fedmeta.meta.algorithms.maml import SecondOrderMAML
 from fedmeta.meta.functional import Params, episode_outputs, per_episode_copies
 from fedmeta.tasks import Task
+from fedmeta.tuning.space import FEDERATED_SPACE
 
 __all__ = ["MetricLearner"]
 
@@ -26,6 +27,8 @@ __all__ = ["MetricLearner"]
 class MetricLearner(SecondOrderMAML):
     predicts_unadapted = False
     tasks = ("binary", "multiclass")
+    # No inner loop: a tuned inner rate or step count would change nothing a trial trains.
+    search_space = tuple(p for p in FEDERATED_SPACE if p.key not in ("meta.inner_lr", "meta.inner_steps"))
 
     def model_outputs(self, task: Task, meta: MetaConfig) -> int:
         return meta.embedding
