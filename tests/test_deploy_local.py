@@ -19,8 +19,9 @@ from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.deploy.certs import create_credentials
 from fedmeta.deploy.control import Control, write_connection
-from fedmeta.deploy.local import (NodeSpec, deploy_local, flower_bin, flower_env, free_port, start_superlink,
-                                  start_supernode)
+from fedmeta.deploy.flower_launch import flower_bin, flower_env, free_port, start_superlink, start_supernode
+from fedmeta.deploy.local import deploy_local
+from fedmeta.deploy.nodes import NodeSpec
 from fedmeta.deploy.processes import pid_alive
 from fedmeta.errors import FedMetaError
 

@@ -111,7 +111,7 @@ def test_an_imaging_federation_runs_end_to_end_in_a_flower_simulation(tmp_path, 
 
 
 def test_deployed_image_nodes_get_their_own_file_only(tmp_path):
-    from fedmeta.deploy.local import plan_nodes
+    from fedmeta.deploy.nodes import plan_nodes
     from fedmeta.errors import FedMetaError
 
     rng = np.random.default_rng(0)

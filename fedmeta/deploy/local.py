@@ -11,10 +11,7 @@ its own PID when the run ends, fails or is interrupted.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,190 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from fedmeta.config import ExperimentConfig
-from fedmeta.deploy.certs import Credentials, check_hospital_name, create_credentials
+from fedmeta.deploy.certs import Credentials, create_credentials
 from fedmeta.deploy.control import Control, write_connection
+from fedmeta.deploy.flower_launch import (flower_bin, flower_env, free_port, start_server_executor, start_superlink,
+                                          start_supernode, wait_listening, wait_nodes_online)
+from fedmeta.deploy.nodes import NodeSpec, plan_nodes
 from fedmeta.deploy.processes import ManagedProcess, ProcessManager
 from fedmeta.errors import FedMetaError
 
-__all__ = ["NodeSpec", "PROJECT_ROOT", "plan_nodes", "free_port", "flower_env", "start_superlink",
-           "start_server_executor", "start_supernode", "wait_listening", "wait_nodes_online", "deploy_local",
-           "flower_bin", "LocalDeployment"]
+__all__ = ["PROJECT_ROOT", "deploy_local", "LocalDeployment"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONNECTION = "fedmeta-local"
 Announce = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One hospital's SuperNode: its name, node config and its own directory."""
-
-    hospital: str
-    node_config: dict[str, str | int | float]
-    home: Path
-
-    def node_config_arg(self) -> str:
-        return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in self.node_config.items())
-
-
-def flower_bin(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise FedMetaError(f"{path}: not found (install the project with its dependencies: pip install -e .)")
-    return str(path)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def flower_env(run_dir: Path) -> dict[str, str]:
-    """The environment of every Flower process and ``flwr`` call of a run: its own FLWR_HOME,
-    this interpreter's scripts first on PATH (SuperNodes spawn ``flower-superexec`` from it), no
-    runtime dependency installation, no telemetry or update check."""
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(run_dir / "flwr-home"),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-
-
-def plan_nodes(cfg: ExperimentConfig, run_dir: Path, hospitals: list[str] | None = None,
-               node_policy: dict[str, str | float] | None = None) -> list[NodeSpec]:
-    """One node per hospital. Synthetic: ``hospitals`` name the generated sites in order
-    (``partition-id``). csv / uci-heart: each node gets a directory holding its own file only.
-    ``node_policy``: privacy policy keys every node's config gets (``fedmeta.privacy.policy``)."""
-    from fedmeta.data.sources import GENERATED, load_federation
-
-    if cfg.data.source not in (*GENERATED, *OWN_FILES):
-        raise FedMetaError(f"deploy-local: the {cfg.data.source} source cannot give each node its own files "
-                           f"(deploy-local runs {', '.join((*GENERATED, *OWN_FILES))})")
-    fed = load_federation(cfg)
-    names = [check_hospital_name(h) for h in (hospitals or fed.names)]
-    if len(set(names)) != len(names):
-        raise FedMetaError(f"--hospitals: duplicate names in {names}")
-    synthetic = cfg.data.source in GENERATED
-    if synthetic and len(names) > len(fed.names):
-        raise FedMetaError(f"--hospitals: {len(names)} names, but the config generates {len(fed.names)} "
-                           f"synthetic hospitals (data.{cfg.data.source.replace('-', '_')}.hospitals)")
-    if not synthetic:
-        unknown = [h for h in names if h not in fed.names]
-        if unknown:
-            raise FedMetaError(f"--hospitals: {', '.join(unknown)} not in the data (hospitals: {', '.join(fed.names)})")
-    missing = [h for h in cfg.data.held_out if h not in names]
-    if missing:
-        raise FedMetaError(f"data.held_out: {', '.join(missing)} is not one of the nodes ({', '.join(names)})")
-    specs = []
-    for i, name in enumerate(names):
-        home = run_dir / "nodes" / name
-        home.mkdir(parents=True, exist_ok=True)
-        node_config: dict[str, str | int | float] = {"hospital": name, "ledger": str(home / "ledger.sqlite")}
-        if synthetic:
-            node_config["partition-id"] = i
-        else:
-            own = home / "data"
-            own.mkdir()
-            _own_files(cfg, name, own)
-            node_config["data-dir"] = str(own)
-        node_config.update(node_policy or {})
-        specs.append(NodeSpec(name, node_config, home))
-    return specs
-
-
-def _link(name: Callable[[str], str]) -> Callable[[Path, str, Path], None]:
-    """A source with one file per hospital: the node's directory links to its own file only."""
-    return lambda src, hospital, own: (own / name(hospital)).symlink_to(src / name(hospital))
-
-
-def _uci_file(hospital: str) -> str:
-    from fedmeta.data.uci_heart import UCI_SITES
-
-    return UCI_SITES[hospital]
-
-
-def _own_tcga_region(src: Path, hospital: str, own: Path) -> None:
-    from fedmeta.data.tcga_brca import write_own_region
-
-    write_own_region(src, hospital, own)  # FLamby's files hold every region: the node's rows only
-
-
-# data.source -> how a node's directory gets this hospital's data and nothing of the others'.
-OWN_FILES: dict[str, Callable[[Path, str, Path], None]] = {
-    "csv": _link(lambda h: f"{h}.csv"),
-    "uci-heart": _link(_uci_file),
-    "images": _link(lambda h: f"{h}.npz"),
-    "tcga-brca": _own_tcga_region,
-}
-
-
-def _own_files(cfg: ExperimentConfig, hospital: str, own: Path) -> None:
-    OWN_FILES[cfg.data.source](Path(cfg.data.dir), hospital, own)
-
-
-def wait_listening(proc: ManagedProcess, port: int, timeout_s: float = 60.0) -> None:
-    """Until ``port`` on 127.0.0.1 accepts connections; fails if ``proc`` exits first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            raise FedMetaError(f"{proc.name} exited with code {proc.returncode} (log {proc.log_path}): "
-                               f"{proc.log_tail(1)}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise FedMetaError(f"{proc.name} did not listen on 127.0.0.1:{port} within {timeout_s:.0f}s (log {proc.log_path})")
-
-
-def start_superlink(pm: ProcessManager, creds: Credentials, run_dir: Path, port: int) -> ManagedProcess:
-    """``flower-superlink`` with TLS, SuperNode authentication and its own database file."""
-    proc = pm.start("superlink", [
-        flower_bin("flower-superlink"), "--ssl-ca-certfile", str(creds.ca_cert),
-        "--ssl-certfile", str(creds.server_cert), "--ssl-keyfile", str(creds.server_key), "--enable-supernode-auth",
-        "--isolation", "process", "--superexec-auth-secret-file", str(creds.superexec_secret),
-        "--database", str(run_dir / "superlink.db"), "--host", "127.0.0.1", "--port", str(port),
-        "--disable-runtime-dependency-installation",
-    ], run_dir / "logs" / "superlink.log")
-    wait_listening(proc, port)
-    return proc
-
-
-def start_server_executor(pm: ProcessManager, creds: Credentials, run_dir: Path, port: int) -> ManagedProcess:
-    """``flower-superexec`` that runs the ServerApp, connected to the SuperLink over TLS."""
-    return pm.start("serverapp", [
-        flower_bin("flower-superexec"), "--runtime-api-address", f"127.0.0.1:{port}",
-        "--root-certificates", str(creds.ca_cert), "--superexec-auth-secret-file", str(creds.superexec_secret),
-    ], run_dir / "logs" / "serverapp.log")
-
-
-def start_supernode(pm: ProcessManager, spec: NodeSpec, *, superlink: str, root_certificates: Path,
-                    private_key: Path, port: int, log_dir: Path) -> ManagedProcess:
-    """``flower-supernode`` for one hospital: TLS to the SuperLink, authenticated by its key."""
-    return pm.start(spec.hospital, [
-        flower_bin("flower-supernode"), "--superlink", superlink, "--root-certificates", str(root_certificates),
-        "--auth-supernode-private-key", str(private_key), "--host", "127.0.0.1", "--port", str(port),
-        "--node-config", spec.node_config_arg(),
-    ], log_dir / f"{spec.hospital}.log")
-
-
-def wait_nodes_online(control: Control, nodes: list[ManagedProcess], timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for proc in nodes:
-            if proc.returncode is not None:
-                raise FedMetaError(f"SuperNode {proc.name} exited with code {proc.returncode} "
-                                   f"(log {proc.log_path}): {proc.log_tail(1)}")
-        if sum(n.get("status") == "online" for n in control.nodes()) >= len(nodes):
-            return
-        time.sleep(1.0)
-    raise FedMetaError(f"not all {len(nodes)} SuperNodes came online within {timeout_s:.0f}s "
-                       f"(logs in {nodes[0].log_path.parent})")
 
 
 def _checkpoint_round(path: Path) -> int | None:

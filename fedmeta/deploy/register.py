@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from fedmeta.deploy.control import Control, write_connection
-from fedmeta.deploy.local import flower_bin, flower_env
+from fedmeta.deploy.flower_launch import flower_bin, flower_env
 from fedmeta.errors import FedMetaError
 
 __all__ = ["register_keys"]
