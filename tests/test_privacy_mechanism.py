@@ -156,3 +156,17 @@ def test_the_episode_step_is_opacus_dpoptimizer_number_for_number(secure_mode):
         opacus.zero_grad(set_to_none=True)
     for k in params:
         torch.testing.assert_close(ours.current()[k], weights[k].detach(), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("expected", [0.3, 3.0, 10.0, 40.0])
+def test_slot_capacity_is_the_smallest_that_drops_half_a_percent(expected):
+    """Checked by simulation against the closed form: at the capacity a slot's overflow drops at most
+    0.5% of its records on average, one fewer would drop more."""
+    from fedmeta.privacy.episode_sampling import DROPPED_SHARE, _capacity
+
+    counts = np.random.default_rng(0).poisson(expected, size=2_000_000)
+    c = _capacity(expected)
+    share = lambda cap: np.maximum(counts - cap, 0).mean() / expected  # noqa: E731
+    assert DROPPED_SHARE == 0.005
+    assert share(c) <= DROPPED_SHARE * 1.1
+    assert share(c - 1) > DROPPED_SHARE * 0.9

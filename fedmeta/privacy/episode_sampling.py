@@ -11,6 +11,7 @@ size, a constant that does not depend on the data.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -21,12 +22,25 @@ from fedmeta.data.episodes import EpisodeBatch
 __all__ = ["PoissonEpisodeSampler"]
 
 
-def _capacity(expected: float) -> int:
-    """Room for the expected count plus three standard deviations (overflow below ~0.3% a slot).
+# Expected share of a slot's sampled records that its capacity may drop.
+DROPPED_SHARE = 0.005
 
-    Padding costs compute on every step; overflow costs only a few dropped records in a rare slot
-    (privacy is unaffected either way: see the module docstring)."""
-    return max(1, math.ceil(expected + 3.0 * math.sqrt(max(expected, 1.0)) + 1))
+
+@functools.lru_cache(maxsize=256)
+def _capacity(expected: float) -> int:
+    """The smallest capacity that drops at most ``DROPPED_SHARE`` of a slot's records on average.
+
+    A slot's count is Binomial(n, q f / m), bounded here by a Poisson of the same mean (larger
+    variance, so a safe bound); for Poisson ``N`` of mean ``l``, ``E[(N - c)+] = l P(N >= c) -
+    c P(N > c)``. Padding costs compute on every step, overflow only a few records in a crowded
+    slot; privacy is unaffected either way (see the module docstring). The capacity depends on the
+    expected count alone, never on the draw."""
+    from scipy.stats import poisson  # scikit-learn's dependency; only record-level DP needs it
+
+    mean = max(expected, 1e-9)
+    candidates = np.arange(math.floor(mean), math.ceil(mean + 6.0 * math.sqrt(mean) + 10.0))
+    dropped = mean * poisson.sf(candidates - 1, mean) - candidates * poisson.sf(candidates, mean)
+    return max(1, int(candidates[np.argmax(dropped <= DROPPED_SHARE * mean)]))
 
 
 class PoissonEpisodeSampler:

@@ -51,20 +51,22 @@ class RecordLevelDPStep:
         from opacus.optimizers.optimizer import _generate_noise  # here: a run without DP does not load Opacus
 
         m = next(iter(episode_grads.values())).shape[0]
-        # One reduction finds the bad episodes (NaN/inf, or so large their squared norm overflows).
-        finite = torch.isfinite(sum(g.detach().reshape(m, -1).pow(2).sum(1) for g in episode_grads.values()))
-        all_finite = bool(finite.all())
-        grads = {}
-        for k, p in self.params.items():
-            g = episode_grads[k].detach().to(p.dtype)
-            if not all_finite:
-                g = torch.where(finite.view(m, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
-            grads[k] = g
+        dtype = next(iter(self.params.values())).dtype
+        # All parameters as one (m, P) matrix: one reduction for the norms, one product for the sum.
+        flat = torch.cat([episode_grads[k].detach().reshape(m, -1).to(dtype) for k in self.params], dim=1)
+        squared = flat.pow(2).sum(1)
+        # Bad episodes: NaN/inf, or so large that their squared norm overflows.
+        finite = torch.isfinite(squared)
+        if not bool(finite.all()):
+            flat = torch.where(finite[:, None], flat, torch.zeros_like(flat))
+            squared = torch.where(finite, squared, torch.zeros_like(squared))
         # Opacus' clip_and_accumulate, add_noise, scale_grad (loss_reduction "mean") and SGD's step.
-        norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in grads.values()], dim=1).norm(2, dim=1)
-        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        for k, p in self.params.items():
-            summed = torch.einsum("i,i...", factor.to(p.dtype), grads[k])
-            noise = _generate_noise(std=self.noise_std, reference=summed, generator=self.generator,
+        factor = (self.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+        summed = factor @ flat
+        offset = 0
+        for p in self.params.values():
+            part = summed[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            noise = _generate_noise(std=self.noise_std, reference=part, generator=self.generator,
                                     secure_mode=self.secure_mode)
-            p.add_((summed + noise).view_as(p) / self.episodes, alpha=-self.lr)
+            p.add_((part + noise) / self.episodes, alpha=-self.lr)
