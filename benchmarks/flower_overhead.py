@@ -4,7 +4,8 @@ The same hospitals' local training (``fedmeta.local_round.train_hospital_round``
 ClientApp runs) is timed bare, in one process per CPU taking hospitals as they come (niced as Ray
 niceses its workers, so that other load on the machine weighs on both sides alike), and through
 ``fedmeta simulate`` (Flower's simulation engine on Ray, one hospital actor per CPU). A steady-state
-round (rounds 2 .. R-1; evaluation only in the last) is compared with a bare round.
+round (rounds 2 .. R-1; evaluation only in the last) is compared with a bare round; the bare
+rounds run before and after the Flower ones, so that a drift of the machine weighs on both sides.
 
     .venv/bin/python benchmarks/flower_overhead.py [--hospitals 100] [--rounds 6]
 """
@@ -75,15 +76,17 @@ def main() -> None:
                                     "eval.every=1000", 'privacy.mode="none"'])
     workers = max(1, int((os.cpu_count() or 1) // cfg.federation.client_cpus))
     print(f"{args.hospitals} hospitals, {cfg.meta.algorithm}, {workers} workers; bare: {args.bare_rounds} rounds "
-          f"in {workers} processes; Flower: {args.rounds} rounds, steady-state rounds 2..{args.rounds - 1}", flush=True)
+          f"in {workers} processes before and after; Flower: {args.rounds} rounds, steady-state rounds 2..{args.rounds - 1}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        bare = _bare_rounds(cfg, workers, args.bare_rounds, tmp)
+        before = _bare_rounds(cfg, workers, args.bare_rounds, tmp)
         t0 = time.perf_counter()
         results = simulate(cfg, Path(tmp) / "run", progress=False)
         total = time.perf_counter() - t0
+        bare = before + _bare_rounds(cfg, workers, args.bare_rounds, tmp)  # before and after: the machine drifts
     steady = results["timings"]["round_s"][1:-1]
     flower, plain = statistics.median(steady), statistics.median(bare)
-    print(f"  bare round on {workers} processes (median of {len(bare)}) {plain:.2f} s")
+    print(f"  bare round on {workers} processes (median of {len(bare)}, half before and half after the Flower "
+          f"rounds) {plain:.2f} s")
     print(f"  Flower round (median of {len(steady)}) {flower:.2f} s; setup {results['timings']['setup_s']:.1f} s; "
           f"whole simulate {total:.1f} s")
     print(f"  Flower round / bare round = {flower / plain:.2f}x")
