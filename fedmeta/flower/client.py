@@ -97,13 +97,24 @@ def _site(cfg: ExperimentConfig, context: Context, deployed: bool) -> _Site:
                  deployed)
 
 
+@lru_cache(maxsize=8)
+def _template(config_json: str, input_shape: tuple[int, ...], device: str) -> tuple[torch.nn.Module, Params]:
+    """The model a message's parameters are used with, and the state it expects, built once per
+    config in a process rather than for every message: the parameters always come from the
+    message, and the model, their functional template, is never changed."""
+    from fedmeta.config import config_from_json
+
+    cfg = config_from_json(config_json)
+    algorithm = get_algorithm(cfg.meta.algorithm)
+    model = build_model(cfg.model, input_shape, cfg.seed,
+                        algorithm.model_outputs(build_task(cfg.task), cfg.meta)).to(torch.device(device))
+    return model, algorithm.initial_state(params_of(model), cfg.meta)
+
+
 def _model_and_params(msg: Message, site: _Site) -> tuple[torch.nn.Module, Params] | Message:
     """The model with the received global parameters, or an error reply if they do not fit it."""
-    algorithm = get_algorithm(site.cfg.meta.algorithm)
-    model = build_model(site.cfg.model, site.input_shape, site.cfg.seed,
-                        algorithm.model_outputs(build_task(site.cfg.task), site.cfg.meta)).to(site.device)
+    model, expected = _template(site.cfg.to_json(), tuple(site.input_shape), str(site.device))
     try:
-        expected = algorithm.initial_state(params_of(model), site.cfg.meta)
         return model, record_to_params(msg.content["arrays"], expected, site.device)
     except RecordError as err:
         reason = f"hospital {site.hospital.name}: rejected parameters: {err}"
