@@ -61,3 +61,18 @@ def test_a_large_federation_is_polled_less_often():
     assert simulation_pull_interval(5) == 0.005
     assert simulation_pull_interval(100) == 0.05
     assert simulation_pull_interval(1000) == 0.1  # Flower's own
+
+
+def test_the_last_replies_of_a_round_are_looked_for_often():
+    from types import SimpleNamespace
+
+    from fedmeta.flower.server import _pull_as_often_as_awaited
+
+    arrived: list[str] = []
+    grid = SimpleNamespace(pull_interval=simulation_pull_interval(100),
+                           pull_messages=lambda ids: [i for i in sorted(ids) if i in arrived])
+    _pull_as_often_as_awaited(grid)
+    awaited = {f"m{i:03d}" for i in range(100)}
+    assert grid.pull_messages(awaited) == [] and grid.pull_interval == 0.05
+    arrived += sorted(awaited)[:95]
+    assert len(grid.pull_messages(awaited)) == 95 and grid.pull_interval == 0.005
