@@ -129,10 +129,12 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, progress: bool = True, res
     # Imported late: Flower and Ray are heavy and the CLI validates input before paying for them.
     from flwr.simulation import run_simulation
 
+    from fedmeta.flower.actor_batches import install as install_actor_batches
     from fedmeta.flower.message_pump import install as install_message_pump
 
     keep_python_signal_handlers()
     install_message_pump()
+    install_actor_batches()
 
     from fedmeta.flower.client import build_client_app
     from fedmeta.flower.server import UNTRAINED, build_server_app

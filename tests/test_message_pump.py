@@ -7,7 +7,7 @@ import threading
 from queue import Queue
 from types import SimpleNamespace
 
-from fedmeta.flower.message_pump import add_messages_to_queue
+from fedmeta.flower.message_pump import add_messages_to_queue, message_stored
 from fedmeta.flower.server import simulation_pull_interval
 
 
@@ -55,6 +55,40 @@ def test_a_state_without_the_in_memory_store_gets_flowers_loop():
     state = FakeState({3: 1}, store=False)
     assert _pump_once(state) == ["message for 3"]
     assert set(state.asked) == set(range(100))
+
+
+class CountingState(FakeState):
+    """Counts the pump's looks at the store."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+        super().__init__({})
+
+    @property
+    def message_ins_store(self) -> dict:
+        self.looks += 1
+        return self._store
+
+    @message_ins_store.setter
+    def message_ins_store(self, store: dict) -> None:
+        self._store = store
+
+
+def test_an_idle_pump_sleeps_until_a_message_is_stored():
+    state, queue, stop = CountingState(), Queue(), threading.Event()
+    thread = threading.Thread(target=add_messages_to_queue, args=(state, queue, {n: n for n in range(100)}, stop))
+    thread.start()
+    try:
+        stop.wait(0.5)
+        assert state.looks <= 7  # Flower's 0.1 s at the latest, not a look every few milliseconds
+        with state.lock:
+            state._store["m7"] = SimpleNamespace(metadata=SimpleNamespace(dst_node_id=7, delivered_at=""))
+            state.pending[7] = 1
+        message_stored.set()
+        assert queue.get(timeout=5) == "message for 7"
+    finally:
+        stop.set()
+        thread.join()
 
 
 def test_a_large_federation_is_polled_less_often():
