@@ -1,4 +1,4 @@
-"""Several hospitals' messages per Ray task in the simulation engine, each reply streamed back.
+"""Several hospitals' messages per Ray task in the simulation engine.
 
 Flower's simulation engine (1.41) hands every message to a hospital actor as a Ray task of its own
 (``vce_api.worker`` -> ``RayBackend.process_message``). At 100 hospitals on two cores, a task's cost
@@ -6,16 +6,16 @@ Flower's simulation engine (1.41) hands every message to a hospital actor as a R
 round 1.15-1.2x its bare computation. Here each of the engine's workers (one per actor) takes the
 queued messages in chunks that shrink as the queue empties ("factoring": a chunk is a quarter of a
 worker's share of what is queued, so a round ends on single messages and the actors finish together),
-and sends a chunk to its actor as one streaming task. The actor runs the chunk's messages one after
-another through Flower's own ``run`` and yields each reply as soon as it is made; the worker stores
-it at once.
+and sends a chunk to its actor as one task. The actor runs the chunk's messages one after another
+through Flower's own ``run`` and returns their replies together.
 
 What a hospital computes, its context and its error replies are as with Flower's worker: a message
 whose ClientApp raises gets that message's error reply, with the same code and a reason ending in
-the same line. Two things differ, both bounded by the chunk: a hospital that hangs holds back the
-messages behind it in its chunk (never those before it, nor any other chunk's), and an actor that
-dies fails the rest of its chunk. Up to four queued messages per worker are sent one per task, as
-Flower sends them.
+the same line. What differs is bounded by the chunk: its replies reach the server together, when its
+last hospital is done (never later than the actor's last one), so a simulated hospital that hangs
+holds back its whole chunk and an actor that dies fails it. Up to four queued messages per worker are
+sent one per task, as Flower sends them. Streaming each reply back as soon as it is made (a Ray
+generator) was measured too: 1.07-1.14x the bare round at 100 hospitals, against 1.03-1.06x.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from logging import ERROR
 from queue import Empty, Queue
 from typing import Any
@@ -58,17 +58,19 @@ class HospitalActor(VirtualClientEngineActor):
         if on_actor_init_fn:
             on_actor_init_fn()
 
-    def run_chunk(self, client_app_fn: Callable[[], Any], jobs: list[tuple[Message, Context]]) -> Iterator[tuple]:
-        """Yields ``("reply", message, context)`` or ``("error", code, reason)`` per job, in order."""
+    def run_chunk(self, client_app_fn: Callable[[], Any], jobs: list[tuple[Message, Context]]) -> list[tuple]:
+        """``("reply", message, context)`` or ``("error", code, reason)`` per job, in order."""
+        outcomes: list[tuple] = []
         for message, context in jobs:
             try:
                 _, reply, context = self.run(client_app_fn, message, "", context)
             except Exception as err:  # noqa: BLE001 - reported as the message's error reply
                 code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(err, LoadClientAppError) \
                     else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
-                yield "error", code, f"{type(err)}:<'{traceback.format_exc().rstrip()}'>"
+                outcomes.append(("error", code, f"{type(err)}:<'{traceback.format_exc().rstrip()}'>"))
                 continue
-            yield "reply", reply, context
+            outcomes.append(("reply", reply, context))
+        return outcomes
 
 
 def _take_chunk(messages: Queue, workers: int) -> list[Any]:
@@ -105,8 +107,7 @@ def worker(messageins_queue: Queue, messageres_queue: Queue, node_info_store: di
             stores = [node_info_store[m.metadata.dst_node_id] for m in chunk]
             jobs = [(m, s.retrieve_context(run_id=m.metadata.run_id)) for m, s in zip(chunk, stores)]
             actor = backend.pool.pool.pop()
-            for ref in actor.run_chunk.options(num_returns="streaming").remote(backend.app_fn, jobs):
-                kind, *outcome = ray.get(ref)
+            for kind, *outcome in ray.get(actor.run_chunk.remote(backend.app_fn, jobs)):
                 if kind == "reply":
                     reply, context = outcome
                     stores[done].update_context(chunk[done].metadata.run_id, context=context)
