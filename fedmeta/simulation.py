@@ -27,9 +27,14 @@ __all__ = ["connect_ray", "simulate", "resume_simulation"]
 
 
 def _quiet_flower() -> None:
+    """No usage events sent from a hospital's machine (unless the user asked for them), no update
+    check, and Flower's console at ERROR."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    telemetry = sys.modules.get("flwr.supercore.telemetry")
+    if telemetry is not None and os.environ["FLWR_TELEMETRY_ENABLED"] == "0":
+        telemetry.FLWR_TELEMETRY_ENABLED = "0"  # Flower reads the variable once, when a caller first imported it
     from flwr.supercore.logger import update_console_handler
 
     # ERROR, not WARNING: `run_simulation` announces its own deprecation at WARNING on every call.
