@@ -147,14 +147,20 @@ def test_leave_one_out_holds_each_hospital_out_in_turn(tmp_path):
     assert result["mode"] == "leave-one-hospital-out"
 
 
-@pytest.mark.parametrize(("asked", "sent"), [(None, "0"), ("1", "1")])
-def test_flower_sends_no_usage_events_even_when_imported_before_fedmeta(asked, sent):
+def test_flower_sends_no_usage_events_even_when_imported_before_fedmeta(monkeypatch):
     """Flower reads FLWR_TELEMETRY_ENABLED once, at import: a script that imports flwr first still
     gets it off, unless the user set it."""
     env = {k: v for k, v in os.environ.items() if k != "FLWR_TELEMETRY_ENABLED"}
-    if asked is not None:
-        env["FLWR_TELEMETRY_ENABLED"] = asked
     code = ("import flwr.supercore.telemetry as t; from fedmeta.simulation import _quiet_flower; "
             "_quiet_flower(); print(t.FLWR_TELEMETRY_ENABLED)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == sent
+    assert out.stdout.strip() == "0"
+
+    import flwr.supercore.telemetry as telemetry
+
+    from fedmeta.simulation import _quiet_flower
+
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "1")  # the user's choice is kept
+    monkeypatch.setattr(telemetry, "FLWR_TELEMETRY_ENABLED", "1")
+    _quiet_flower()
+    assert telemetry.FLWR_TELEMETRY_ENABLED == "1"
