@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--hospitals", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=12)
     args = ap.parse_args()
+    if args.rounds < 3:
+        ap.error(f"--rounds {args.rounds}: at least 3 (the first and the last round are not steady-state)")
     cfg = load_config(args.config, [f"data.synthetic.hospitals={args.hospitals}", f"federation.rounds={args.rounds}",
                                     "eval.every=1000", 'privacy.mode="none"'])
     workers = max(1, int((os.cpu_count() or 1) // cfg.federation.client_cpus))

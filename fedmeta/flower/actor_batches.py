@@ -126,15 +126,9 @@ def worker(messageins_queue: Queue, messageres_queue: Queue, node_info_store: di
             metrics.add_clientapp_runtime(time.perf_counter() - started)
 
 
-_installed = False
-
-
 def install() -> None:
     """Use this worker and actor in this process's simulations (``run_api`` and ``RayBackend.build``
     look both up at each start)."""
-    global _installed
-    if _installed:
-        return
-    vce_api.worker = worker
-    raybackend.ClientAppActor = ray.remote(HospitalActor)
-    _installed = True
+    if vce_api.worker is not worker:
+        vce_api.worker = worker
+        raybackend.ClientAppActor = ray.remote(HospitalActor)
